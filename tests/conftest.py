@@ -1,0 +1,45 @@
+"""Shared test set-up: 8 fake CPU devices and the skip-or-fail rule for optional inputs.
+
+XLA_FLAGS must be set before jax is imported anywhere, hence at the top of conftest.
+Tests that need `../shared/data` or torch skip with a reason on a user's machine, but
+fail in CI (CI=true), where both must be present.
+"""
+
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def skip_or_fail(reason: str):
+  """Skips the calling test, or fails it when running in CI."""
+  if IN_CI:
+    pytest.fail(f"would skip in CI, which must run it: {reason}")
+  pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  """Path of ../shared/data (real faces, speech, the release's artefacts)."""
+  if not SHARED_DATA.is_dir():
+    skip_or_fail(f"reference data not found at {SHARED_DATA}")
+  return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def torch():
+  """The torch module (parity tests and conversion only)."""
+  try:
+    import torch as torch_module  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    skip_or_fail("torch is not installed (pip install -r requirements-torch.txt)")
+  torch_module.set_num_threads(1)
+  return torch_module
