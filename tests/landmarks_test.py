@@ -1,0 +1,163 @@
+"""Tests of hcmtfg.landmarks: Procrustes, the release's normLmarks, PCA, mouth mask."""
+
+import os
+
+import numpy as np
+import pytest
+from scipy.spatial import procrustes as scipy_procrustes
+
+from hcmtfg import align
+from hcmtfg import face
+from hcmtfg import landmarks
+from hcmtfg.errors import InputError
+
+GOLDEN_FACES = ("obama", "test1", "test14", "EzraMiller_00075",
+                "F03_TIMIT_SA1_131")
+
+
+@pytest.fixture(scope="module")
+def basics(shared_data):
+  return shared_data / "atvgnet_basics"
+
+
+@pytest.fixture(scope="module")
+def shape_model(basics):
+  return landmarks.load_release_shape_model(basics)
+
+
+def _random_faces(num, seed=0):
+  """(num, 68, 2) plausible pixel landmarks: a mean face, jittered and moved."""
+  rng = np.random.default_rng(seed)
+  base = align.default_templates().open
+  out = []
+  for _ in range(num):
+    angle, scale = rng.uniform(-0.3, 0.3), rng.uniform(0.5, 3.0)
+    rot = np.array([[np.cos(angle), -np.sin(angle)],
+                    [np.sin(angle), np.cos(angle)]])
+    shape = base + rng.normal(0, 1.5, base.shape)
+    out.append(shape @ rot.T * scale + rng.uniform(-100, 100, 2))
+  return np.stack(out)
+
+
+def test_procrustes_matches_scipy_and_is_pose_invariant(shape_model):
+  faces = _random_faces(6)
+  ours = landmarks.procrustes_normalise(faces, shape_model.mean_shape_img)
+  assert ours.shape == (6, 136)
+  for i in range(6):
+    _, expected, _ = scipy_procrustes(shape_model.mean_shape_img, faces[i])
+    np.testing.assert_allclose(ours[i], expected.reshape(-1), atol=1e-12)
+  # Moving, rotating and scaling a face does not change its normalised shape.
+  angle = 0.4
+  rot = np.array([[np.cos(angle), -np.sin(angle)],
+                  [np.sin(angle), np.cos(angle)]])
+  moved = faces[0] @ rot.T * 2.5 + [30.0, -7.0]
+  np.testing.assert_allclose(
+      landmarks.procrustes_normalise(moved, shape_model.mean_shape_img)[0],
+      ours[0], atol=1e-12)
+  assert 0.05 < np.abs(ours).max() < 0.3  # the documented value range
+
+
+def test_procrustes_reflection_is_opt_in(shape_model):
+  mirrored = _random_faces(1)[0] * [-1.0, 1.0]
+  plain = landmarks.procrustes_normalise(mirrored, shape_model.mean_shape_img)
+  mirror = landmarks.procrustes_normalise(mirrored, shape_model.mean_shape_img,
+                                          allow_reflection=True)
+  _, expected, _ = scipy_procrustes(shape_model.mean_shape_img, mirrored)
+  np.testing.assert_allclose(mirror[0], expected.reshape(-1), atol=1e-12)
+  assert np.abs(plain - mirror).max() > 0.05
+
+
+def test_release_normalise_reproduces_golden(shape_model, shared_data, basics):
+  analyzer = face.FaceAnalyzer()
+  templates = align.load_release_templates(basics)
+  golden = []
+  for name in GOLDEN_FACES:
+    image = face.load_image(shared_data / "faces" / f"{name}.jpg")
+    found = analyzer.detect_landmarks(image)
+    crop = align.align_face(image, found.landmarks, found.box, templates).crop
+    crop_lm = analyzer.detect_landmarks(crop).landmarks
+    ours = landmarks.release_normalise(crop_lm, shape_model)
+    expected = np.load(shared_data / "atvgnet_golden" /
+                       f"{name}_example_landmark.npy").reshape(1, 136)
+    np.testing.assert_allclose(ours, expected, atol=1e-6, err_msg=name)
+    golden.append(expected)
+  # A property of the release demo: one frame gives the same shape for every face.
+  for other in golden[1:]:
+    np.testing.assert_allclose(other, golden[0], atol=1e-12)
+
+
+def test_release_normalise_on_a_clip(shape_model):
+  """Several frames: each frame's deviation from the LAST frame is kept."""
+  faces = _random_faces(4, seed=3)
+  ours = landmarks.release_normalise(faces, shape_model)
+  s_matrix, ms_norm = shape_model.basis, shape_model.mean_shape_norm
+  ref, _, _ = scipy_procrustes(shape_model.mean_shape_img, faces[-1])
+  offset = np.zeros(136)
+  offset[96:] = -0.06 * s_matrix[1, 96:]
+  for i in range(4):
+    _, norm_i, _ = scipy_procrustes(shape_model.mean_shape_img, faces[i])
+    _, norm_last, _ = scipy_procrustes(shape_model.mean_shape_img, faces[-1])
+    params = (s_matrix @ (norm_i.reshape(-1) - ref.reshape(-1)) -
+              s_matrix @ (norm_last.reshape(-1) - ref.reshape(-1)) -
+              s_matrix @ offset)
+    np.testing.assert_allclose(ours[i], params @ s_matrix + ms_norm, atol=1e-12)
+  assert np.abs(ours[0] - ours[-1]).max() > 1e-3
+
+
+def test_mouth_weight_mask():
+  mask = landmarks.mouth_weight_mask()
+  assert mask.shape == (136,)
+  heavy = np.flatnonzero(mask == 100.0)
+  np.testing.assert_array_equal(heavy, np.arange(97, 136, 2))
+  assert np.all(mask[np.setdiff1d(np.arange(136), heavy)] == 1.0)
+
+
+def test_pca_round_trip_and_save_load(tmp_path):
+  rng = np.random.default_rng(1)
+  mean = rng.normal(0, 0.1, 136)
+  basis, _ = np.linalg.qr(rng.normal(size=(136, 6)))
+  coefs = rng.normal(size=(200, 6)) * [0.3, 0.2, 0.1, 0.05, 0.02, 0.01]
+  data = coefs @ basis.T + mean
+  pca = landmarks.fit_pca(data, num_components=6)
+  assert pca.components.shape == (136, 6) and pca.scale == 5.0
+  np.testing.assert_allclose(pca.components.T @ pca.components, np.eye(6),
+                             atol=1e-12)
+  assert np.all(np.diff(pca.explained_variance) < 0)
+  projected = landmarks.project(pca, data)
+  np.testing.assert_allclose(landmarks.reconstruct(pca, projected), data,
+                             atol=1e-12)
+  np.testing.assert_allclose(projected.mean(0), 0.0, atol=1e-12)
+  np.testing.assert_allclose(projected.var(0, ddof=1), pca.explained_variance)
+  fewer = landmarks.fit_pca(data, num_components=3)
+  assert np.abs(landmarks.reconstruct(fewer, landmarks.project(fewer, data)) -
+                data).max() > 1e-3
+
+  path = tmp_path / "pca.npz"
+  landmarks.save_pca(path, pca)
+  assert os.listdir(tmp_path) == ["pca.npz"]  # no temporary file left behind
+  loaded = landmarks.load_pca(path)
+  for field in ("mean", "components", "explained_variance"):
+    np.testing.assert_array_equal(getattr(loaded, field), getattr(pca, field))
+  assert loaded.scale == pca.scale
+  (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+  with pytest.raises(InputError, match="junk.npz"):
+    landmarks.load_pca(tmp_path / "junk.npz")
+
+
+def test_release_pca_convention(basics, tmp_path):
+  pca = landmarks.load_release_pca(basics, "lrw1", num_components=6)
+  assert pca.scale == 5.0 and pca.explained_variance is None
+  u_matrix, mean = np.load(basics / "U_lrw1.npy"), np.load(basics / "mean_lrw1.npy")
+  lmark = _random_faces(3, seed=7)
+  lmark_norm = landmarks.procrustes_normalise(
+      lmark, landmarks.load_release_shape_model(basics).mean_shape_img)
+  expected = (lmark_norm * 5.0 - mean) @ u_matrix[:, :6]
+  np.testing.assert_allclose(landmarks.project(pca, lmark_norm), expected,
+                             atol=1e-12)
+  np.testing.assert_allclose(
+      landmarks.reconstruct(pca, expected) * 5.0,
+      expected @ u_matrix[:, :6].T + mean, atol=1e-12)
+  landmarks.save_pca(tmp_path / "release.npz", pca)
+  assert landmarks.load_pca(tmp_path / "release.npz").explained_variance is None
+  with pytest.raises(InputError, match="U_nowhere.npy"):
+    landmarks.load_release_pca(basics, "nowhere")
