@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by the launch scripts: create/reuse ./.venv and install what is missing.
-# A stamp holding the hash of the requirements files skips pip when nothing changed.
+# Each requirements file has a stamp in .venv holding its hash, so pip runs only
+# for a file that is new or changed since its last successful install.
 set -euo pipefail
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -10,13 +11,14 @@ reqs=(requirements.txt)
 if [ "${CI:-}" = "true" ] || [ "${HCMTFG_WITH_TORCH:-0}" = "1" ]; then
   reqs+=(requirements-torch.txt)
 fi
-stamp=.venv/.hcmtfg-requirements
-want=$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  args=()
-  for r in "${reqs[@]}"; do args+=(-r "$r"); done
-  .venv/bin/python -m pip install --disable-pip-version-check -q "${args[@]}"
-  echo "$want" > "$stamp"
-fi
+for req in "${reqs[@]}"; do
+  stamp=".venv/.installed-${req%.txt}"
+  want=$(sha256sum "$req" | cut -d' ' -f1)
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "installing $req into .venv ..." >&2
+    .venv/bin/python -m pip install --disable-pip-version-check -q -r "$req"
+    echo "$want" > "$stamp"
+  fi
+done
 # shellcheck disable=SC1091
 source .venv/bin/activate

@@ -1,0 +1,402 @@
+"""Tests of hcmtfg.models on tiny configurations (release ones for counts).
+
+Shapes, release parameter counts, BatchNorm, dropout, the two ConvGRU modes and
+a batch-sharded VG-net forward. Variables are drawn with numpy from
+`jax.eval_shape(init)`: compiling `init` costs more than the tests themselves.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hcmtfg import models
+from hcmtfg.models import convgru
+from hcmtfg.models import layers
+
+TINY_ATNET = dict(base_width=4, lmark_features=(8, 16), audio_features=(32, 8),
+                  lstm_features=8, lstm_layers=2)
+TINY_VGNET = dict(image_size=32, base_width=8, bottleneck_features=8,
+                  convgru_features=16, num_res_blocks=2)
+TINY_DISCRIMINATOR = dict(image_size=32, base_width=4, img_features=16,
+                          lmark_features=(8, 16), lstm_features=8,
+                          lstm_layers=2)
+B, T = 2, 3
+VG_BATCH = 8
+
+
+def _rngs(seed=0):
+  return {"params": jax.random.key(seed), "dropout": jax.random.key(seed + 1)}
+
+
+def _random_inputs(module, batch=B, frames=T, seed=0):
+  rng = np.random.default_rng(seed)
+  return tuple(
+      jnp.asarray(np.clip(rng.normal(0, 0.5, x.shape), -1, 1), jnp.float32)
+      for x in module.dummy_inputs(batch, frames))
+
+
+def _num_params(tree):
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
+
+
+def _draw_variables(shapes, seed=0):
+  """Fills a variables tree of ShapeDtypeStructs with numpy random values.
+
+  Kernels ~ N(0, 1/fan_in) keep activations alive; running statistics and
+  BatchNorm affine parameters are randomised too (variances positive).
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, x):
+    name = path[-1].key
+    if name == "mean":
+      return rng.normal(0, 0.1, x.shape).astype(np.float32)
+    if name == "var":
+      return rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
+    if name == "scale":
+      return rng.uniform(0.8, 1.2, x.shape).astype(np.float32)
+    fan_in = math.prod(x.shape[:-1]) if len(x.shape) > 1 else 100
+    return rng.normal(0, 1 / math.sqrt(fan_in), x.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _random_variables(module, seed=0):
+  """Variables of a network without a compiled init (slow on CPU)."""
+  return _draw_variables(jax.eval_shape(
+      lambda: module.init(_rngs(), *module.dummy_inputs(), train=False)), seed)
+
+
+def _random_variables_like(module, *inputs, **kwargs):
+  """Variables of a layer for the given inputs."""
+  return _draw_variables(jax.eval_shape(
+      lambda: module.init(jax.random.key(0), *inputs, **kwargs)))
+
+
+class _Jitted:
+  """One module's jitted eval and train forwards (compiled once per shape)."""
+
+  def __init__(self, module):
+    self.module = module
+
+    def eval_fn(variables, *inputs):
+      return module.apply(variables, *inputs, train=False,
+                          mutable=["intermediates", "batch_stats"])
+
+    def train_fn(variables, key, *inputs):
+      return module.apply(variables, *inputs, train=True,
+                          rngs={"dropout": key}, mutable=["batch_stats"])
+
+    self.eval = jax.jit(eval_fn)
+    self.train = jax.jit(train_fn)
+
+
+@pytest.fixture(scope="module")
+def tiny_vgnet():
+  module = models.VGNet(**TINY_VGNET)
+  # Batch 8 so that the sharded test reuses the compiled unsharded forward.
+  return (_Jitted(module), _random_variables(module),
+          _random_inputs(module, batch=VG_BATCH))
+
+
+def test_atnet_shapes_and_intermediates():
+  module = models.ATNet(**TINY_ATNET)
+  inputs = _random_inputs(module)
+  variables = _random_variables(module)
+  out, state = _Jitted(module).eval(variables, *inputs)
+  assert out.shape == (B, T, 6)
+  inter = {k: v[0].shape for k, v in state["intermediates"].items()}
+  assert inter == {"lmark_feature": (B, 16), "audio_feature": (B, T, 8),
+                   "lstm_out": (B, T, 8)}
+  assert module.audio_feature_map_shape() == (12, 2, 32)
+  with pytest.raises(ValueError, match="MFCC windows"):
+    jax.eval_shape(lambda: module.apply(variables, inputs[0],
+                                        inputs[1][:, :, :20], train=False))
+
+
+def test_vgnet_shapes_ranges_and_intermediates(tiny_vgnet):
+  jitted, variables, inputs = tiny_vgnet
+  n = VG_BATCH
+  out, state = jitted.eval(variables, *inputs)
+  s = jitted.module.image_size
+  assert out.frames.shape == (n, T, s, s, 3)
+  assert out.colour.shape == (n, T, s, s, 3)
+  assert out.attention.shape == (n, T, s, s, 1)
+  assert out.lmark_attention.shape == (n, T, s // 4, s // 4, 1)
+  assert float(jnp.max(jnp.abs(out.frames))) <= 1.0
+  assert float(out.attention.min()) >= 0 and float(out.attention.max()) <= 1
+  assert float(jnp.std(out.frames)) > 1e-2
+  # frames = A * C + (1 - A) * image.
+  expected = (out.attention * out.colour
+              + (1 - out.attention) * inputs[0][:, None])
+  np.testing.assert_allclose(out.frames, expected, atol=1e-6)
+  inter = {k: v[0].shape for k, v in state["intermediates"].items()}
+  assert inter == {
+      "image_feature1": (n, 8, 8, 16), "image_feature2": (n, 2, 2, 64),
+      "lmark_attention": (n, T, 8, 8, 1), "bottleneck": (n, T, 2, 2, 8),
+      "convgru_out": (n, T, 2, 2, 16), "generator1_out": (n, T, 8, 8, 16),
+      "fused": (n, T, 8, 8, 16), "base_out": (n, T, 32, 32, 4)}
+  lmark_att = state["intermediates"]["lmark_attention"][0]
+  fused = (state["intermediates"]["image_feature1"][0][:, None]
+           * (1 - lmark_att)
+           + state["intermediates"]["generator1_out"][0] * lmark_att)
+  np.testing.assert_allclose(state["intermediates"]["fused"][0], fused,
+                             atol=1e-5)
+
+
+def test_vgnet_rejects_bad_image_size():
+  module = models.VGNet(**{**TINY_VGNET, "image_size": 40})
+  with pytest.raises(ValueError, match="multiple of 16"):
+    jax.eval_shape(
+        lambda: module.init(_rngs(), *module.dummy_inputs(), train=False))
+
+
+def test_discriminator_outputs():
+  module = models.RegressionDiscriminator(**TINY_DISCRIMINATOR)
+  frames, example = _random_inputs(module, frames=4)
+  variables = _random_variables(module)
+  out, state = _Jitted(module).eval(variables, frames, example)
+  assert out.logit.shape == (B,) and out.prob.shape == (B,)
+  np.testing.assert_allclose(out.prob, jax.nn.sigmoid(out.logit), rtol=1e-6)
+  inter = {k: v[0].shape for k, v in state["intermediates"].items()}
+  assert inter == {"img_feature": (B, 4, 16), "lmark_feature": (B, 16),
+                   "lstm_out": (B, 4, 8)}
+  assert out.landmarks.shape == (B, 4, 136)
+  # tanh(...) + example: within 1 of the example landmark.
+  assert float(jnp.max(jnp.abs(out.landmarks - example[:, None]))) < 1.0
+  # The logit is the mean over frames of the per-frame decision logits.
+  decision = variables["params"]["decision"]
+  lstm_out = state["intermediates"]["lstm_out"][0]
+  per_frame = lstm_out @ decision["kernel"] + decision["bias"]
+  np.testing.assert_allclose(out.logit, per_frame[..., 0].mean(axis=1),
+                             rtol=1e-5, atol=1e-6)
+  assert float(jnp.std(per_frame)) > 1e-3
+
+
+def test_plain_discriminator_has_no_landmark_head():
+  module = models.RegressionDiscriminator(**TINY_DISCRIMINATOR,
+                                          regress_landmarks=False)
+  inputs = module.dummy_inputs(batch=B, frames=T)
+  out, variables = jax.eval_shape(
+      lambda: module.init_with_output(_rngs(), *inputs, train=False))
+  assert out.landmarks is None
+  assert out.logit.shape == (B,)
+  assert "lstm_fc" not in variables["params"]
+  assert "decision" in variables["params"]
+
+
+@pytest.mark.parametrize("module, expected", [
+    (models.ATNet(), 30_071_750),
+    (models.VGNet(), 58_355_781),
+    (models.RegressionDiscriminator(), 20_896_905),
+])
+def test_release_parameter_counts(module, expected):
+  shapes = jax.eval_shape(
+      lambda: module.init(_rngs(), *module.dummy_inputs(), train=False))
+  assert _num_params(shapes["params"]) == expected
+
+
+def test_config_round_trip_and_factory():
+  vgnet = models.VGNet(**TINY_VGNET, convgru_over_batch_axis=True)
+  assert models.VGNet.from_config(vgnet.to_config()) == vgnet
+  nets = models.build_models({"atnet": TINY_ATNET,
+                              "discriminator": {"regress_landmarks": False}})
+  assert nets.atnet == models.ATNet(**TINY_ATNET)
+  assert nets.vgnet is None
+  assert not nets.discriminator.regress_landmarks
+  with pytest.raises(ValueError, match="unknown networks"):
+    models.build_models({"vg_net": {}})
+  with pytest.raises(TypeError):
+    models.build_models({"vgnet": {"no_such_attribute": 1}})
+
+
+def test_batchnorm_matches_pytorch_statistics():
+  rng = np.random.default_rng(0)
+  x = rng.normal(1.0, 2.0, (3, 4, 5, 6)).astype(np.float32)
+  bn = layers.BatchNorm()
+  variables = bn.init(jax.random.key(0), x, train=True)
+  y, state = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+  axes = (0, 1, 2)
+  mean, var = x.mean(axis=axes), x.var(axis=axes)
+  n = 3 * 4 * 5
+  np.testing.assert_allclose(state["batch_stats"]["mean"], 0.1 * mean,
+                             rtol=1e-5)
+  # PyTorch feeds the unbiased variance into the running average.
+  np.testing.assert_allclose(state["batch_stats"]["var"],
+                             0.9 + 0.1 * var * n / (n - 1), rtol=1e-5)
+  np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), atol=1e-5)
+  # Eval mode: running statistics, nothing updated.
+  y_eval, state_eval = bn.apply(variables, x, train=False,
+                                mutable=["batch_stats"])
+  np.testing.assert_allclose(y_eval, x / np.sqrt(1 + 1e-5), rtol=1e-5)
+  assert jax.tree.all(jax.tree.map(np.array_equal, state_eval["batch_stats"],
+                                   variables["batch_stats"]))
+
+
+def test_batchnorm_per_frame_equals_sequential_frames():
+  rng = np.random.default_rng(1)
+  x = rng.normal(0.5, 1.5, (2, 4, 3, 3, 5)).astype(np.float32)
+  bn_frames = layers.BatchNorm(per_frame_stats=True)
+  variables = bn_frames.init(jax.random.key(0), x, train=True)
+  variables = {"params": variables["params"], "batch_stats": {
+      "mean": rng.normal(0, 1, 5).astype(np.float32),
+      "var": rng.uniform(0.5, 1.5, 5).astype(np.float32)}}
+  y, state = bn_frames.apply(variables, x, train=True, mutable=["batch_stats"])
+  bn = layers.BatchNorm()
+  seq_vars, ys = variables, []
+  for t in range(x.shape[1]):
+    y_t, st = bn.apply(seq_vars, x[:, t], train=True, mutable=["batch_stats"])
+    seq_vars = {"params": variables["params"], **st}
+    ys.append(y_t)
+  np.testing.assert_allclose(y, np.stack(ys, 1), atol=1e-5)
+  for k in ("mean", "var"):
+    np.testing.assert_allclose(state["batch_stats"][k],
+                               seq_vars["batch_stats"][k], rtol=1e-5)
+  # Pooled statistics are different.
+  y_pooled = bn.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+  assert float(jnp.max(jnp.abs(y_pooled - y))) > 1e-2
+
+
+def test_network_batchnorm_train_updates_stats_eval_does_not(tiny_vgnet):
+  jitted, variables, inputs = tiny_vgnet
+  _, train_state = jitted.train(variables, jax.random.key(3), *inputs)
+  _, eval_state = jitted.eval(variables, *inputs)
+  stats = variables["batch_stats"]
+  changed = jax.tree.leaves(jax.tree.map(
+      lambda a, b: not np.allclose(a, b), train_state["batch_stats"], stats))
+  assert len(changed) == len(jax.tree.leaves(stats)) and all(changed)
+  assert jax.tree.all(jax.tree.map(np.array_equal, eval_state["batch_stats"],
+                                   stats))
+
+
+def test_dropout_only_in_train(tiny_vgnet):
+  jitted, variables, inputs = tiny_vgnet
+
+  def frames(seed):
+    return jitted.train(variables, jax.random.key(seed), *inputs)[0].frames
+
+  assert float(jnp.max(jnp.abs(frames(0) - frames(1)))) > 1e-4
+  np.testing.assert_array_equal(frames(2), frames(2))
+  # One ResNet block: eval ignores the dropout RNG; rate 0 disables it.
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 8))
+  block = layers.ResnetBlock()
+  block_vars = _random_variables_like(block, x, train=False)
+
+  def run(blk, seed, train):
+    return blk.apply(block_vars, x, train=train,
+                     rngs={"dropout": jax.random.key(seed)},
+                     mutable=["batch_stats"])[0]
+
+  np.testing.assert_array_equal(run(block, 0, False), run(block, 1, False))
+  assert float(jnp.max(jnp.abs(run(block, 0, True) - run(block, 1, True)))) > 1e-4
+  no_dropout = layers.ResnetBlock(dropout_rate=0.0)
+  np.testing.assert_array_equal(run(no_dropout, 0, True),
+                                run(no_dropout, 1, True))
+
+
+@pytest.fixture(scope="module")
+def convgru_runner():
+  """Runs a ConvGRU (4, 4, 5, 5, 4) -> (4, 4, 5, 5, 6) in both modes."""
+  grus = {mode: convgru.ConvGRU(features=6, over_batch_axis=mode)
+          for mode in (False, True)}
+  x = jnp.zeros((4, 4, 5, 5, 4))
+  params = _random_variables_like(grus[False], x)
+  return jax.jit(lambda x: {mode: gru.apply(params, x)
+                            for mode, gru in grus.items()})
+
+
+def test_convgru_modes_differ_for_batches(convgru_runner):
+  x = jax.random.normal(jax.random.key(1), (4, 4, 5, 5, 4))
+  outs = convgru_runner(x)
+  assert outs[False].shape == outs[True].shape == (4, 4, 5, 5, 6)
+  assert float(jnp.max(jnp.abs(outs[False] - outs[True]))) > 1e-3
+  # Release mode = paper mode on the (T, B) transposed sequence.
+  swapped = convgru_runner(jnp.swapaxes(x, 0, 1))
+  np.testing.assert_allclose(outs[True], jnp.swapaxes(swapped[False], 0, 1),
+                             atol=1e-6)
+
+
+def test_convgru_release_mode_has_no_recurrence_over_time_at_batch_1(
+    convgru_runner):
+  # Release mode recurs over the batch axis, so clip 0 of a batch is computed
+  # exactly as a batch of one clip would be: clips 1-3 only pad the shape.
+  x = jax.random.normal(jax.random.key(2), (4, 4, 5, 5, 4))
+  x_changed = x.at[0, 0].add(1.0)  # Change frame 0 of clip 0 only.
+  outs, outs_changed = convgru_runner(x), convgru_runner(x_changed)
+  # Paper mode: later frames of clip 0 see the change through the state.
+  assert float(jnp.max(jnp.abs(outs[False][0, 1:]
+                               - outs_changed[False][0, 1:]))) > 1e-3
+  # Release mode: frame 0 changes, later frames of clip 0 do not.
+  assert float(jnp.max(jnp.abs(outs[True][0, 0]
+                               - outs_changed[True][0, 0]))) > 1e-3
+  np.testing.assert_array_equal(outs[True][0, 1:], outs_changed[True][0, 1:])
+  # Both modes agree on clip 0's first frame (one step from a zero state).
+  np.testing.assert_allclose(outs[True][0, 0], outs[False][0, 0], atol=1e-6)
+
+
+def test_vgnet_forward_sharded_over_data_axis(tiny_vgnet):
+  assert len(jax.devices()) == 8, "tests/conftest.py provides 8 CPU devices"
+  jitted, variables, inputs = tiny_vgnet
+  key = jax.random.key(0)
+  expected_out, expected_state = jitted.train(variables, key, *inputs)
+  mesh = jax.make_mesh((8,), ("data",))
+  batch_sharding = jax.sharding.NamedSharding(mesh,
+                                              jax.sharding.PartitionSpec("data"))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  out, state = jitted.train(jax.device_put(variables, replicated),
+                            jax.device_put(key, replicated),
+                            *jax.device_put(inputs, batch_sharding))
+  assert len(out.frames.sharding.device_set) == 8
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5),
+               out, expected_out)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
+                                                       atol=1e-6),
+               state, expected_state)
+
+
+def test_lstm_zero_weights_reduce_to_bias_dynamics():
+  """With W_ih = W_hh = 0 every step sees only the biases: closed form."""
+  lstm = layers.TorchLSTM(features=3, num_layers=1)
+  x = jnp.ones((2, 4, 5))
+  params = jax.tree.map(lambda a: np.zeros(a.shape, np.float32),
+                        jax.eval_shape(lambda: lstm.init(jax.random.key(0), x)))
+  bias = np.linspace(-1, 1, 12).astype(np.float32)
+  params["params"]["bias_ih_l0"] = bias
+  y = np.asarray(lstm.apply(params, x))
+  sig = lambda v: 1 / (1 + np.exp(-v))
+  i, f, g, o = np.split(bias, 4)  # PyTorch gate order.
+  c = np.zeros(3)
+  for t in range(4):
+    c = sig(f) * c + sig(i) * np.tanh(g)
+    np.testing.assert_allclose(y[:, t], np.broadcast_to(sig(o) * np.tanh(c),
+                                                        (2, 3)), rtol=1e-5)
+
+
+def test_torch_conv_transpose_doubles_size():
+  deconv = layers.TorchConvTranspose(features=3)
+  x = jnp.ones((2, 5, 5, 4, 2))
+  params = deconv.init(jax.random.key(0), x)
+  assert deconv.apply(params, x).shape == (2, 5, 10, 8, 3)
+  # One input pixel spreads a 3x3 footprint centred at 2*(i, j) in the output.
+  impulse = jnp.zeros((1, 4, 4, 1)).at[0, 1, 2, 0].set(1.0)
+  kernel = jnp.arange(1.0, 10.0).reshape(3, 3, 1, 1)
+  y = deconv.clone(features=1).apply({"params": {"kernel": kernel}}, impulse)
+  nz = np.argwhere(np.asarray(y[0, ..., 0]))
+  assert nz.min(0).tolist() == [1, 3] and nz.max(0).tolist() == [3, 5]
+
+
+def test_layers_accept_bfloat16_params():
+  """Params cast to bfloat16 (mixed precision) work with f32 or bf16 inputs."""
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 8))
+  to_bf16 = lambda tree: jax.tree.map(lambda a: a.astype(jnp.bfloat16), tree)
+  for module, kwargs in ((convgru.ConvGRU(features=4), {}),
+                         (layers.DeconvBNReLU(features=4), {"train": True}),
+                         (layers.ResnetBlock(), {"train": False})):
+    variables = to_bf16(_random_variables_like(module, x, **kwargs))
+    for inputs in (x, x.astype(jnp.bfloat16)):
+      y = module.apply(variables, inputs, **kwargs, mutable=["batch_stats"],
+                       rngs={"dropout": jax.random.key(0)})[0]
+      assert bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
