@@ -1,0 +1,400 @@
+"""tf.data input pipelines over the talking-face TFDS datasets (data_pipelines/).
+
+Two training views of a clip, each sampling a window of `num_target_frames` (T, 16 by
+default) frames per example:
+
+* AT-net ('atnet'): example frame r drawn uniformly from [3, 7] (the release's range,
+  clamped to the clip), targets r+1 .. r+T. Batch keys:
+    'example_coef' (B, 6) float32  PCA coefficients of frame r's landmarks
+    'mfcc'         (B, T, 28, 12) float32  MFCC windows of frames r+1 .. r+T
+                                 (window of frame t: mfcc[4t:4t+28, 1:], rows past
+                                 the end are zeros, as `hcmtfg.audio.mfcc_windows`)
+    'target_coef'  (B, T, 6) float32  PCA coefficients of frames r+1 .. r+T
+* VG-net ('vgnet'): example frame uniformly anywhere in the clip, T consecutive
+  target frames starting uniformly in [0, num_frames - T]. Batch keys:
+    'example_image' (B, H, W, 3) float32 in [-1, 1]
+    'example_lmark' (B, 136) float32  normalised landmarks x `landmark_scale` (5)
+    'target_image'  (B, T, H, W, 3) float32 in [-1, 1]
+    'target_lmark'  (B, T, 136) float32  same convention as example_lmark
+  H = W = 128, or `image_size` when given (area-resized, for tiny configs). Only the
+  17 frames used are JPEG/PNG-decoded.
+
+Determinism and resumption. Each host reads its own disjoint part of the split
+(`tfds.even_splits(split, process_count)[process_index]`). Epoch e of a host is its
+part shuffled with a buffer seeded by (seed, e); the window of the i-th example of
+epoch e comes from stateless random numbers keyed by (seed, e, i). The stream is
+therefore a pure function of the seed, and `TrainIterator.get_state()` -- a JSON-able
+{'batches': n, ...} -- is enough to resume: `set_state` rebuilds the stream at epoch
+n*B // N and skips the remaining examples before anything is decoded.
+
+Eval view (`EvalData`): no shuffle, no repeat, the same per-example sampling with
+epoch 0; every pass is identical. Hosts pad their last batch by repeating their own
+examples, with 'mask' (B,) bool False on the padding, so every host yields the same
+number of full batches.
+
+Batches are host-local numpy dicts with B = global_batch_size / process_count;
+`to_global(batch, mesh)` assembles them into global jax.Arrays sharded over 'data'.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from hcmtfg import landmarks as landmarks_lib
+
+PCA_FILENAME = "landmark_pca.npz"
+VIEWS = ("atnet", "vgnet")
+EXAMPLE_RANGE = (3, 7)  # AT-net example frame r, inclusive (the release's).
+MFCC_ROWS_PER_FRAME = 4
+MFCC_WINDOW_ROWS = 28
+_STATE_VERSION = 1
+
+
+def dataset_pca_path(builder: tfds.core.DatasetBuilder) -> str:
+  """Where the dataset's landmark PCA lives: beside its TFRecord files."""
+  return os.path.join(os.fspath(builder.data_dir), PCA_FILENAME)
+
+
+def load_dataset_pca(builder: tfds.core.DatasetBuilder) -> landmarks_lib.Pca:
+  """The landmark PCA fitted on the dataset's training split at build time."""
+  return landmarks_lib.load_pca(dataset_pca_path(builder))
+
+
+def to_global(batch: dict[str, np.ndarray], mesh) -> dict[str, Any]:
+  """Host-local numpy batch -> global jax.Arrays sharded over the 'data' axis."""
+  from hcmtfg import sharding  # pylint: disable=g-import-not-at-top
+  return sharding.host_local_to_global(batch, mesh)
+
+
+def _process_defaults(process_index: int | None, process_count: int | None
+                      ) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  return process_index, process_count
+
+
+def host_split(split: str, process_index: int, process_count: int) -> str:
+  """This host's disjoint part of `split` (all parts together cover it)."""
+  if process_count == 1:
+    return split
+  return tfds.even_splits(split, n=process_count)[process_index]
+
+
+class _Sampler:
+  """Per-example window sampling and decoding (TF graph functions)."""
+
+  def __init__(self, view: str, num_target_frames: int,
+               pca: landmarks_lib.Pca | None, image_size: int | None,
+               landmark_scale: float, example_range: tuple[int, int]):
+    if view not in VIEWS:
+      raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+    if view == "atnet" and pca is None:
+      raise ValueError("the AT-net view needs a landmark PCA")
+    self.view = view
+    self.num_target_frames = int(num_target_frames)
+    self.image_size = image_size
+    self.landmark_scale = float(landmark_scale)
+    self.example_range = example_range
+    if pca is not None:
+      self.pca_scale = float(pca.scale)
+      self.pca_mean = tf.constant(pca.mean, tf.float32)
+      self.pca_components = tf.constant(pca.components, tf.float32)
+
+  @property
+  def min_frames(self) -> int:
+    return self.num_target_frames + (1 if self.view == "atnet" else 0)
+
+  def _project(self, lmark_x136: tf.Tensor) -> tf.Tensor:
+    return tf.matmul(lmark_x136 * self.pca_scale - self.pca_mean,
+                     self.pca_components)
+
+  def _atnet(self, example, seed_2):
+    num_frames = tf.shape(example["normalized_landmarks"])[0]
+    w = self.num_target_frames
+    r_max = tf.minimum(self.example_range[1], num_frames - 1 - w)
+    r_min = tf.minimum(self.example_range[0], r_max)
+    r = tf.random.stateless_uniform([], seed_2, r_min, r_max + 1, tf.int32)
+    lmarks = example["normalized_landmarks"]
+    targets = tf.range(r + 1, r + 1 + w)
+    ceps = example["mfcc"][:, 1:]
+    ceps = tf.pad(ceps, [[0, MFCC_ROWS_PER_FRAME * (r + w) + MFCC_WINDOW_ROWS],
+                         [0, 0]])
+    rows = (MFCC_ROWS_PER_FRAME * targets[:, None]
+            + tf.range(MFCC_WINDOW_ROWS)[None, :])
+    return {
+        "example_coef": self._project(lmarks[r][None])[0],
+        "mfcc": tf.gather(ceps, rows),
+        "target_coef": self._project(tf.gather(lmarks, targets)),
+        "example_index": r,
+    }
+
+  def _decode(self, encoded_frames: tf.Tensor) -> tf.Tensor:
+    images = tf.map_fn(
+        lambda b: tf.io.decode_image(b, channels=3, expand_animations=False),
+        encoded_frames, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    images = tf.cast(images, tf.float32)
+    if self.image_size is not None:
+      images = tf.image.resize(images, [self.image_size, self.image_size],
+                               method="area")
+    images = images / 127.5 - 1.0
+    size = self.image_size or 128
+    return tf.ensure_shape(images, [self.num_target_frames + 1, size, size, 3])
+
+  def _vgnet(self, example, seed_2):
+    lmarks = example["normalized_landmarks"] * self.landmark_scale
+    num_frames = tf.shape(lmarks)[0]
+    w = self.num_target_frames
+    seeds = tf.random.experimental.stateless_split(seed_2, 2)
+    e = tf.random.stateless_uniform([], seeds[0], 0, num_frames, tf.int32)
+    s = tf.random.stateless_uniform([], seeds[1], 0, num_frames - w + 1, tf.int32)
+    indices = tf.concat([[e], tf.range(s, s + w)], axis=0)
+    images = self._decode(tf.gather(example["frames"], indices))
+    return {
+        "example_image": images[0],
+        "example_lmark": lmarks[e],
+        "target_image": images[1:],
+        "target_lmark": tf.ensure_shape(tf.gather(lmarks, indices[1:]), [w, 136]),
+        "example_index": e,
+        "target_start": s,
+    }
+
+  def __call__(self, seed_2: tf.Tensor, example: dict[str, tf.Tensor]):
+    if self.view == "atnet":
+      return self._atnet(example, seed_2)
+    return self._vgnet(example, seed_2)
+
+
+def _read(builder, split: str, view: str) -> tf.data.Dataset:
+  """The features a view needs, in file order; frames stay encoded."""
+  if view == "atnet":
+    decoders = tfds.decode.PartialDecoding(
+        {"normalized_landmarks": True, "mfcc": True, "clip_id": True})
+  else:
+    decoders = tfds.decode.PartialDecoding(
+        {"frames": True, "normalized_landmarks": True, "clip_id": True},
+        decoders={"frames": tfds.decode.SkipDecoding()})
+  return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
+                            read_config=tfds.ReadConfig(add_tfds_id=False))
+
+
+class _Stream:
+  """Shared set-up of the training and eval views for one host."""
+
+  def __init__(self, builder, split: str, view: str, *, global_batch_size: int,
+               seed: int, num_target_frames: int, pca, image_size, landmark_scale,
+               example_range, process_index, process_count, with_ids: bool):
+    self.process_index, self.process_count = _process_defaults(process_index,
+                                                               process_count)
+    if global_batch_size % self.process_count:
+      raise ValueError(f"global batch {global_batch_size} does not split over "
+                       f"{self.process_count} processes")
+    self.batch_size = global_batch_size // self.process_count
+    self.seed = int(seed)
+    self.view = view
+    self.full_split = split
+    self.split = host_split(split, self.process_index, self.process_count)
+    self.sampler = _Sampler(view, num_target_frames, pca, image_size,
+                            landmark_scale, example_range)
+    self.with_ids = with_ids
+    self.builder = builder
+    self.base = _read(builder, self.split, view).filter(
+        lambda ex: tf.shape(ex["normalized_landmarks"])[0] >= self.sampler.min_frames)
+
+  def sample(self, epoch: tf.Tensor, ds: tf.data.Dataset,
+             skip: tf.Tensor | int = 0) -> tf.data.Dataset:
+    """Numbers an epoch's examples, drops the first `skip` (before anything is
+    decoded) and samples each remaining one's window."""
+    def fn(index, example):
+      seed_2 = tf.stack([tf.cast(self.seed, tf.int64),
+                         tf.cast(epoch, tf.int64) * (1 << 32) + index])
+      out = self.sampler(seed_2, example)
+      if self.with_ids:
+        out["clip_id"] = example["clip_id"]
+      else:
+        out = {k: v for k, v in out.items()
+               if k not in ("example_index", "target_start")}
+      return out
+    return ds.enumerate().skip(skip).map(fn, num_parallel_calls=tf.data.AUTOTUNE,
+                                         deterministic=True)
+
+
+class TrainIterator:
+  """Endless, shuffled, prefetched host-local batches with a resumable position.
+
+  Iterating yields dicts of numpy arrays (see the module docstring for keys).
+  """
+
+  def __init__(self, stream: _Stream, shuffle_buffer: int, prefetch: int | None):
+    self._stream = stream
+    self._shuffle_buffer = int(shuffle_buffer)
+    self._prefetch = prefetch
+    self._num_examples = None
+    self._batches = 0
+    self._iterator = None
+
+  @property
+  def num_host_examples(self) -> int:
+    """Usable examples in this host's part of the split (those long enough)."""
+    if self._num_examples is None:
+      stream = self._stream
+      built_min = getattr(stream.builder.builder_config, "min_frames", 0) or 0
+      if built_min >= stream.sampler.min_frames:  # every stored clip is usable
+        count = stream.builder.info.splits[stream.split].num_examples
+      else:  # count the long-enough clips, reading only their frame counts
+        lengths = stream.builder.as_dataset(
+            split=stream.split, decoders=tfds.decode.PartialDecoding(
+                {"num_frames": True}))
+        count = int(lengths.reduce(np.int64(0), lambda n, ex: n + tf.cast(
+            ex["num_frames"] >= stream.sampler.min_frames, tf.int64)).numpy())
+      if count == 0:
+        raise ValueError(f"no example of {stream.split} has at least "
+                         f"{stream.sampler.min_frames} frames")
+      self._num_examples = int(count)
+    return self._num_examples
+
+  def _build(self) -> Iterator[dict[str, np.ndarray]]:
+    stream = self._stream
+    consumed = self._batches * stream.batch_size
+    first_epoch, offset = divmod(consumed, self.num_host_examples)
+
+    def epoch_ds(epoch):
+      ds = stream.base.shuffle(
+          self._shuffle_buffer, seed=stream.seed * 1000003 + epoch,
+          reshuffle_each_iteration=False)
+      skip = tf.where(epoch == first_epoch, np.int64(offset), np.int64(0))
+      return stream.sample(epoch, ds, skip)
+
+    ds = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+    ds = ds.flat_map(epoch_ds).batch(stream.batch_size, drop_remainder=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE if self._prefetch is None else self._prefetch)
+    return ds.as_numpy_iterator()
+
+  def __iter__(self) -> TrainIterator:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._iterator is None:
+      self._iterator = self._build()
+    batch = next(self._iterator)
+    self._batches += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """JSON-able position: resuming from it yields the next batch, not the first."""
+    s = self._stream
+    return {"version": _STATE_VERSION, "batches": self._batches, "seed": s.seed,
+            "view": s.view, "split": s.split, "batch_size": s.batch_size}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Moves to a position from `get_state` (same seed, view, split and batch)."""
+    mine = self.get_state()
+    for key in ("version", "seed", "view", "split", "batch_size"):
+      if state.get(key) != mine[key]:
+        raise ValueError(f"iterator state {key}={state.get(key)!r} does not match "
+                         f"this pipeline's {mine[key]!r}")
+    self._batches = int(state["batches"])
+    self._iterator = None
+
+
+def make_train_iterator(builder, view: str, *, split: str = "train",
+                        global_batch_size: int, seed: int = 0,
+                        num_target_frames: int = 16,
+                        pca: landmarks_lib.Pca | None = None,
+                        image_size: int | None = None,
+                        landmark_scale: float = landmarks_lib.RELEASE_PCA_SCALE,
+                        example_range: tuple[int, int] = EXAMPLE_RANGE,
+                        shuffle_buffer: int = 512, prefetch: int | None = None,
+                        process_index: int | None = None,
+                        process_count: int | None = None,
+                        state: dict[str, Any] | None = None,
+                        with_ids: bool = False) -> TrainIterator:
+  """The training view `view` ('atnet' | 'vgnet') of a built dataset.
+
+  Args:
+    builder: a prepared TFDS builder of data_pipelines (e.g.
+      `tfds.builder('synthetic_talking_faces', data_dir=...)`).
+    view: 'atnet' or 'vgnet' (see the module docstring).
+    split: TFDS split name.
+    global_batch_size: examples per step over all processes.
+    seed: determines the order and every sampled window.
+    num_target_frames: T, frames per training window.
+    pca: the landmark PCA (AT-net); None = `load_dataset_pca(builder)` for AT-net.
+    image_size: VG-net output size (None: 128).
+    landmark_scale: factor on normalised landmarks for VG-net (the release's 5).
+    example_range: AT-net example frame range (inclusive).
+    shuffle_buffer: examples in the shuffle buffer (encoded frames, ~200 KB each).
+    prefetch: batches to prefetch (None: autotune).
+    process_index, process_count: this host and the number of hosts (default:
+      jax.process_index(), jax.process_count()).
+    state: a position from `get_state()` to resume from.
+    with_ids: also return 'clip_id' and the sampled indices (tests, debugging).
+  """
+  if view == "atnet" and pca is None:
+    pca = load_dataset_pca(builder)
+  stream = _Stream(builder, split, view, global_batch_size=global_batch_size,
+                   seed=seed, num_target_frames=num_target_frames, pca=pca,
+                   image_size=image_size, landmark_scale=landmark_scale,
+                   example_range=example_range, process_index=process_index,
+                   process_count=process_count, with_ids=with_ids)
+  iterator = TrainIterator(stream, shuffle_buffer, prefetch)
+  if state is not None:
+    iterator.set_state(state)
+  return iterator
+
+
+class EvalData:
+  """A deterministic, finite view; each `iter()` is a fresh, identical pass."""
+
+  def __init__(self, stream: _Stream):
+    self._stream = stream
+    counts = [stream.builder.info.splits[
+        host_split(stream.full_split, i, stream.process_count)].num_examples
+              for i in range(stream.process_count)]
+    self.num_batches = -(-max(counts) // stream.batch_size)
+    self._host_total = self.num_batches * stream.batch_size
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    stream = self._stream
+    real = stream.sample(tf.constant(0, tf.int64), stream.base).map(
+        lambda ex: {**ex, "mask": tf.constant(True)})
+    pad = real.map(lambda ex: {**ex, "mask": tf.constant(False)}).repeat()
+    ds = real.concatenate(pad).take(self._host_total)
+    ds = ds.batch(stream.batch_size, drop_remainder=True).prefetch(2)
+    return ds.as_numpy_iterator()
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+
+def make_eval_data(builder, view: str, *, split: str = "test",
+                   global_batch_size: int, seed: int = 0,
+                   num_target_frames: int = 16,
+                   pca: landmarks_lib.Pca | None = None,
+                   image_size: int | None = None,
+                   landmark_scale: float = landmarks_lib.RELEASE_PCA_SCALE,
+                   example_range: tuple[int, int] = EXAMPLE_RANGE,
+                   process_index: int | None = None,
+                   process_count: int | None = None,
+                   with_ids: bool = False) -> EvalData:
+  """The eval view of a split; arguments as `make_train_iterator`.
+
+  Batches carry 'mask' (B,) bool: False on padding (repeated examples) that fills
+  the last batch, so every host yields `len(eval_data)` full batches.
+  """
+  if view == "atnet" and pca is None:
+    pca = load_dataset_pca(builder)
+  stream = _Stream(builder, split, view, global_batch_size=global_batch_size,
+                   seed=seed, num_target_frames=num_target_frames, pca=pca,
+                   image_size=image_size, landmark_scale=landmark_scale,
+                   example_range=example_range, process_index=process_index,
+                   process_count=process_count, with_ids=with_ids)
+  return EvalData(stream)
