@@ -1,0 +1,317 @@
+"""VG-net GAN training: landmarks + example image → video (spec §5).
+
+One train step does what the release does per iteration:
+  1. generator forward #1 (train mode) → fake frames, held fixed (stop-grad);
+  2. D step: D(real), then D(fake) (train mode, D's BatchNorm statistics
+     updated by each call in that order); loss BCE(D(real), 1) +
+     BCE(D(fake), 0) [+ masked landmark loss of D's regression on real and on
+     fake]; Adam update of D;
+  3. G step: a fresh generator forward #2 (new dropout mask), D(fake) with the
+     updated D (train mode, its statistics updated a third time); loss
+     BCE(D(fake), 1) [+ masked landmark loss of D on fake] + pixel_weight ·
+     pixel loss; Adam update of G.
+The generator's BatchNorm statistics are updated by both of its forwards
+(#1 then #2), as in the release. The bracketed terms exist only with the
+regression discriminator (`model.regress_landmarks`).
+
+Release quirk: its G step feeds `fake.detach()` to D, so there the adversarial
+and landmark terms give the generator no gradient (only the pixel loss trains
+it). Default here is the paper's intent (gradients flow);
+`loss.release_detached_gan=True` reproduces the release.
+
+Config fields read here (an `ml_collections.ConfigDict`):
+  seed, compute_dtype ('float32' | 'bfloat16'; parameters stay float32),
+  fast_compile (XLA without LLVM optimisation, for tests)
+  model.generator.*       `hcmtfg.models.vg_net.VGNet` attributes
+  model.discriminator.*   `RegressionDiscriminator` attributes except
+                          regress_landmarks
+  model.regress_landmarks True: regression discriminator; False: plain one
+  loss.pixel              'dynamic' (|fake-real|·(A+0.5)) | 'l1'
+  loss.pixel_weight       10.0
+  loss.mouth_weight       100.0, landmark-loss weight on mouth y-coordinates
+  loss.release_detached_gan  False (see above)
+  optim.learning_rate, optim.b1, optim.b2 (shared by G and D)
+  plus the loop fields of `hcmtfg.train_state.fit`.
+
+Batches: 'example_image' (B, H, W, 3) in [-1, 1]; 'example_lmark' (B, 136);
+'target_image' (B, T, H, W, 3) in [-1, 1]; 'target_lmark' (B, T, 136).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hcmtfg import losses
+from hcmtfg import sharding
+from hcmtfg import train_state as ts
+from hcmtfg.models import discriminator as discriminator_lib
+from hcmtfg.models import vg_net
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def build_generator(config: ml_collections.ConfigDict) -> vg_net.VGNet:
+  """VGNet from `config.model.generator`."""
+  return vg_net.VGNet.from_config(config.model.generator.to_dict())
+
+
+def build_discriminator(config: ml_collections.ConfigDict
+                        ) -> discriminator_lib.RegressionDiscriminator:
+  """The discriminator from `config.model.discriminator` and the ablation."""
+  fields = dict(config.model.discriminator.to_dict(),
+                regress_landmarks=bool(config.model.regress_landmarks))
+  return discriminator_lib.RegressionDiscriminator.from_config(fields)
+
+
+def init_train_state(rng: jax.Array,
+                     config: ml_collections.ConfigDict) -> ts.TrainState:
+  """The initial GAN state (trace it under jit: see `make_init_fn`)."""
+  generator, disc = build_generator(config), build_discriminator(config)
+  tx = ts.make_optimizer(config.optim)
+  g_rng, d_rng, state_rng = jax.random.split(rng, 3)
+  g_vars = generator.init({'params': ts.parameter_init_key(g_rng)},
+                          *generator.dummy_inputs(), train=False)
+  d_vars = disc.init({'params': ts.parameter_init_key(d_rng)},
+                     *disc.dummy_inputs(), train=False)
+  return ts.TrainState(step=jnp.zeros((), jnp.int32), rng=state_rng,
+                       g=ts.NetState.create(tx, g_vars),
+                       d=ts.NetState.create(tx, d_vars))
+
+
+def make_init_fn(config: ml_collections.ConfigDict, rng: jax.Array,
+                 mesh: jax.sharding.Mesh, *,
+                 compiler_options: Mapping[str, Any] | None = None
+                 ) -> ts.Initializer:
+  """A jitted, argument-free initialiser; every leaf replicated on `mesh`."""
+  return ts.jit_init(init_train_state, config, rng, mesh,
+                     compiler_options=compiler_options)
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                       mesh: jax.sharding.Mesh) -> ts.TrainState:
+  """A fresh GAN train state (G in `g`, D in `d`), replicated over `mesh`."""
+  return make_init_fn(config, rng, mesh)()
+
+
+def _inputs(batch: Batch, dtype) -> dict[str, jax.Array]:
+  """The batch cast to the compute dtype (float32 when dtype is None)."""
+  dtype = jnp.float32 if dtype is None else dtype
+  return {k: v.astype(dtype) for k, v in batch.items()}
+
+
+def _pixel_loss(config: ml_collections.ConfigDict, out: vg_net.VGNetOutput,
+                real: jax.Array) -> jax.Array:
+  if config.loss.pixel == 'dynamic':
+    return losses.dynamic_pixel_loss(out.frames, real, out.attention)
+  if config.loss.pixel == 'l1':
+    return losses.l1_loss(out.frames, real)
+  raise ValueError(f"config.loss.pixel must be 'dynamic' or 'l1', "
+                   f'got {config.loss.pixel!r}')
+
+
+def train_step(state: ts.TrainState, batch: Batch,
+               config: ml_collections.ConfigDict
+               ) -> tuple[ts.TrainState, Metrics]:
+  """One discriminator update followed by one generator update.
+
+  Args:
+    state: GAN train state (donated by the jitted version).
+    batch: see the module docstring; sharded over 'data'.
+    config: read at trace time only.
+
+  Returns:
+    (new state, metrics): 'train/d_loss', 'train/d_real', 'train/d_fake',
+    'train/d_lmark' (regression D only), 'train/g_adv', 'train/g_lmark'
+    (regression D only), 'train/g_pixel', 'train/g_loss', 'train/g_grad_norm',
+    'train/d_grad_norm', 'train/d_prob_real', 'train/d_prob_fake'.
+  """
+  dtype = ts.compute_dtype(config)
+  generator, disc = build_generator(config), build_discriminator(config)
+  tx = ts.make_optimizer(config.optim)
+  regress = bool(config.model.regress_landmarks)
+  mask = losses.landmark_loss_mask(mouth_weight=config.loss.mouth_weight)
+  x = _inputs(batch, dtype)
+  target_lmark = batch['target_lmark']
+  g_rng1, g_rng2 = jax.random.split(state.step_rng())
+
+  def generate(g_params, g_batch_stats, rng):
+    out, updates = generator.apply(
+        state.g.variables(g_params, dtype, batch_stats=g_batch_stats),
+        x['example_image'], x['target_lmark'], x['example_lmark'], train=True,
+        rngs={'dropout': rng}, mutable=['batch_stats'])
+    return out, updates['batch_stats']
+
+  def discriminate(d_params, d_batch_stats, frames):
+    out, updates = disc.apply(
+        state.d.variables(d_params, dtype, batch_stats=d_batch_stats),
+        frames, x['example_lmark'], train=True, mutable=['batch_stats'])
+    return out, updates['batch_stats']
+
+  # Generator forward #1; its frames are constants for the D step.
+  fake1, g_stats = generate(state.g.params, state.g.batch_stats, g_rng1)
+  fake1_frames = jax.lax.stop_gradient(fake1.frames)
+
+  def d_loss_fn(d_params):
+    real, stats = discriminate(d_params, state.d.batch_stats, x['target_image'])
+    fake, stats = discriminate(d_params, stats, fake1_frames)
+    terms = losses.discriminator_gan_losses(real.logit, fake.logit)
+    if regress:
+      terms['d_lmark'] = (
+          losses.masked_landmark_loss(real.landmarks, target_lmark, mask)
+          + losses.masked_landmark_loss(fake.landmarks, target_lmark, mask))
+    probs = {'d_prob_real': jnp.mean(real.prob.astype(jnp.float32)),
+             'd_prob_fake': jnp.mean(fake.prob.astype(jnp.float32))}
+    return sum(terms.values()), (terms, probs, stats)
+
+  (d_loss, (d_terms, d_probs, d_stats)), d_grads = jax.value_and_grad(
+      d_loss_fn, has_aux=True)(state.d.params)
+  new_d = state.d.apply_gradients(tx, d_grads, d_stats)
+
+  def g_loss_fn(g_params):
+    out, new_g_stats = generate(g_params, g_stats, g_rng2)
+    frames = out.frames
+    if config.loss.get('release_detached_gan', False):
+      frames = jax.lax.stop_gradient(frames)
+    judged, new_d_stats = discriminate(new_d.params, new_d.batch_stats, frames)
+    terms = {'g_adv': losses.generator_gan_loss(judged.logit)}
+    if regress:
+      terms['g_lmark'] = losses.masked_landmark_loss(judged.landmarks,
+                                                     target_lmark, mask)
+    terms['g_pixel'] = _pixel_loss(config, out, batch['target_image'])
+    total = (terms['g_adv'] + terms.get('g_lmark', 0.0)
+             + config.loss.pixel_weight * terms['g_pixel'])
+    return total, (terms, new_g_stats, new_d_stats)
+
+  (g_loss, (g_terms, new_g_stats, new_d_stats)), g_grads = jax.value_and_grad(
+      g_loss_fn, has_aux=True)(state.g.params)
+  new_state = state.replace(
+      step=state.step + 1,
+      g=state.g.apply_gradients(tx, g_grads, new_g_stats),
+      d=new_d.replace(batch_stats=new_d_stats))
+  metrics = {'d_loss': d_loss, **d_terms, **d_probs, 'g_loss': g_loss,
+             **g_terms, 'g_grad_norm': ts.global_norm(g_grads),
+             'd_grad_norm': ts.global_norm(d_grads)}
+  return new_state, {f'train/{k}': v for k, v in metrics.items()}
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+  x = np.arange(size, dtype=np.float64) - (size - 1) / 2
+  w = np.exp(-x**2 / (2 * sigma**2))
+  return (w / w.sum()).astype(np.float32)
+
+
+def ssim(a: jax.Array, b: jax.Array, max_value: float = 1.0) -> jax.Array:
+  """Mean SSIM (11×11 Gaussian window, σ 1.5, per channel, valid region).
+
+  Args:
+    a, b: (..., H, W, C) images with values in [0, max_value], H, W ≥ 11.
+
+  Returns:
+    float32 (...,): SSIM per image.
+  """
+  c1, c2 = (0.01 * max_value)**2, (0.03 * max_value)**2
+  w = jnp.asarray(_gaussian_window())
+  lead = a.shape[:-3]
+  h, wd, c = a.shape[-3:]
+
+  def blur(x):  # Separable valid Gaussian filter, each channel on its own.
+    x = jnp.moveaxis(x.reshape((-1, h, wd, c)), -1, 1).reshape((-1, h, wd, 1))
+    for kernel in (w.reshape(-1, 1, 1, 1), w.reshape(1, -1, 1, 1)):
+      x = jax.lax.conv_general_dilated(
+          x, kernel, (1, 1), 'VALID',
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return x  # (N * C, H - 10, W - 10, 1)
+
+  a = a.astype(jnp.float32)
+  b = b.astype(jnp.float32)
+  mu_a, mu_b = blur(a), blur(b)
+  var_a = blur(a * a) - mu_a**2
+  var_b = blur(b * b) - mu_b**2
+  cov = blur(a * b) - mu_a * mu_b
+  ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)
+              / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)))
+  per_image = ssim_map.reshape(ssim_map.shape[0] // c, -1)
+  return jnp.mean(per_image, axis=1).reshape(lead)
+
+
+def psnr(a: jax.Array, b: jax.Array, max_value: float = 1.0) -> jax.Array:
+  """PSNR in dB per image (..., H, W, C), capped at 100 for identical images."""
+  mse = jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)),
+                 axis=(-3, -2, -1))
+  return jnp.minimum(10.0 * jnp.log10(max_value**2 / jnp.maximum(mse, 1e-10)),
+                     100.0)
+
+
+def eval_step(state: ts.TrainState, batch: Batch,
+              config: ml_collections.ConfigDict) -> Metrics:
+  """Eval-mode generation quality on one batch, for tracking progress.
+
+  Metrics on RGB frames mapped to [0, 1] (quick trackers, not the release's
+  benchmark protocol of spec §7): 'eval/l1' (on [-1, 1]),
+  'eval/psnr', 'eval/ssim', and the same for the baseline that copies the
+  example image into every frame ('eval/baseline_*').
+  """
+  dtype = ts.compute_dtype(config)
+  x = _inputs(batch, dtype)
+  out = build_generator(config).apply(
+      state.g.variables(None, dtype, train=False), x['example_image'],
+      x['target_lmark'], x['example_lmark'], train=False)
+  real = batch['target_image'].astype(jnp.float32)
+  fake = out.frames.astype(jnp.float32)
+  copy = jnp.broadcast_to(batch['example_image'][:, None].astype(jnp.float32),
+                          real.shape)
+  unit = lambda v: (jnp.clip(v, -1.0, 1.0) + 1.0) / 2.0
+  metrics = {}
+  for prefix, pred in (('eval/', fake), ('eval/baseline_', copy)):
+    metrics[prefix + 'l1'] = losses.l1_loss(pred, real)
+    metrics[prefix + 'psnr'] = jnp.mean(psnr(unit(pred), unit(real)))
+    metrics[prefix + 'ssim'] = jnp.mean(ssim(unit(pred), unit(real)))
+  return metrics
+
+
+def jit_train_step(config: ml_collections.ConfigDict,
+                   mesh: jax.sharding.Mesh, *,
+                   compiler_options: Mapping[str, Any] | None = None):
+  """`train_step` jitted: state replicated and donated, batch over 'data'.
+
+  Equal configs share one compiled executable (the config is static).
+  """
+  return ts.jit_with_shardings(train_step, config, mesh, donate_state=True,
+                               compiler_options=compiler_options)
+
+
+def jit_eval_step(config: ml_collections.ConfigDict,
+                  mesh: jax.sharding.Mesh, *,
+                  compiler_options: Mapping[str, Any] | None = None):
+  """`eval_step` jitted with the same shardings (nothing donated)."""
+  return ts.jit_with_shardings(eval_step, config, mesh, donate_state=False,
+                               compiler_options=compiler_options)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+    make_train_iter: Callable[[dict[str, Any] | None], Iterator[ts.HostBatch]],
+    eval_batches: Callable[[], Iterable[ts.HostBatch]] | None = None,
+    write_metrics: ts.MetricsSink | None = None,
+    compiler_options: Mapping[str, Any] | None = None) -> ts.TrainState:
+  """Trains VG-net with its discriminator, resuming from `workdir` if possible.
+
+  See `hcmtfg.train_state.fit` for the iterator protocol and loop fields.
+  """
+  mesh = sharding.make_mesh()
+  options = dict(compiler_options=compiler_options)
+  init_fn = make_init_fn(config, jax.random.PRNGKey(config.seed), mesh,
+                         **options)
+  return ts.fit(config, workdir, mesh=mesh, init_fn=init_fn,
+                train_step_fn=jit_train_step(config, mesh, **options),
+                eval_step_fn=jit_eval_step(config, mesh, **options),
+                make_train_iter=make_train_iter, eval_batches=eval_batches,
+                write_metrics=write_metrics)
