@@ -1,0 +1,289 @@
+r"""Generates talking-face videos from a photo and speech with AT-net + VG-net.
+
+One video:
+  python -m launch.generate --image=PHOTO.jpg --audio=SPEECH.wav \
+      --atnet_workdir=runs/atnet --vgnet_workdir=runs/vgnet --output=out.mp4 \
+      [--save_intermediates] [--paste_back] [--release_coef_scaling] \
+      [--chunk_frames=32]
+
+Many videos (one line per video: image,audio,output; a header line
+`image,audio,output` is optional; relative paths are relative to the CSV file;
+blank lines and lines starting with '#' are ignored):
+  python -m launch.generate --pairs=pairs.csv --atnet_workdir=... --vgnet_workdir=...
+
+The output is an H.264 mp4 at 25 fps with the speech as its audio track, as
+long as the audio (+- 1 frame): 128x128 face crops, or the whole photo with the
+face composited back (--paste_back). --save_intermediates also writes
+OUTPUT_intermediates.mp4: predicted landmarks | attention | colour | result.
+Outputs are written atomically, so a batch can be re-run after an interruption:
+rows whose outputs exist are skipped (--overwrite redoes them). A bad row (no
+face, unreadable photo or audio, ...) is reported and the others still run;
+the exit code is 1 if any row failed.
+
+Weights: a training workdir (config.json + checkpoints/ + landmark_pca.npz;
+local or gs://) or a folder of converted release weights
+(launch.convert_checkpoint; then --pca or --release_basics_dir provide the PCA,
+and the release's coefficient scaling is on unless --norelease_coef_scaling).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from hcmtfg import align
+from hcmtfg import audio as audio_lib
+from hcmtfg import compose
+from hcmtfg import generate
+from hcmtfg import landmarks as landmarks_lib
+from hcmtfg import video as video_lib
+from hcmtfg.errors import InputError
+
+_IMAGE = flags.DEFINE_string("image", None, "Face photo (any format PIL reads).")
+_AUDIO = flags.DEFINE_string("audio", None, "Speech (wav/flac/mp3/..., any rate, "
+                             "or a video's audio track).")
+_OUTPUT = flags.DEFINE_string("output", None, "Output video (.mp4).")
+_PAIRS = flags.DEFINE_string("pairs", None, "CSV of image,audio,output rows "
+                             "(batch mode; replaces --image/--audio/--output).")
+_ATNET = flags.DEFINE_string("atnet_workdir", None, "AT-net training workdir or "
+                             "converted checkpoint folder.")
+_VGNET = flags.DEFINE_string("vgnet_workdir", None, "VG-net training workdir or "
+                             "converted checkpoint folder.")
+_PCA = flags.DEFINE_string("pca", None, "Landmark PCA (.npz from save_pca, or a "
+                           "folder with U_lrw1.npy/mean_lrw1.npy) when none is "
+                           "stored with the AT-net weights.")
+_BASICS = flags.DEFINE_string(
+    "release_basics_dir", None, "Folder with the release's artefacts "
+    "(base_68*.npy, mean_shape_img.npy, mean_shape_norm.npy, S.npy, U_lrw1.npy, "
+    "mean_lrw1.npy): crop and normalise the photo exactly as the release demo "
+    "(for converted release weights).")
+_SAVE_INTERMEDIATES = flags.DEFINE_bool(
+    "save_intermediates", False, "Also write OUTPUT_intermediates.mp4 (landmarks "
+    "| attention | colour | result).")
+_PASTE_BACK = flags.DEFINE_bool("paste_back", False, "Composite the generated "
+                                "face into the full photo.")
+_COEF_SCALING = flags.DEFINE_bool(
+    "release_coef_scaling", None, "Scale AT-net coefficients 1..5 by "
+    "2*[1.1..1.5] as the release demo does (default: on for converted release "
+    "weights, off for trained ones).")
+_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", generate.CHUNK_FRAMES,
+                                     "Frames per network call (memory bound).")
+_MIN_FACE = flags.DEFINE_integer("min_face_size", generate.MIN_FACE_SIZE,
+                                 "Smallest face box height accepted, pixels.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Batch mode: regenerate "
+                               "outputs that already exist (single mode always "
+                               "writes).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Everything `run` needs (the flags, without absl)."""
+  atnet_workdir: str
+  vgnet_workdir: str
+  image: str | None = None
+  audio: str | None = None
+  output: str | None = None
+  pairs: str | None = None
+  pca: str | None = None
+  release_basics_dir: str | None = None
+  save_intermediates: bool = False
+  paste_back: bool = False
+  release_coef_scaling: bool | None = None
+  chunk_frames: int = generate.CHUNK_FRAMES
+  min_face_size: int = generate.MIN_FACE_SIZE
+  overwrite: bool = False
+  progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+  image: str
+  audio: str
+  output: str
+  line: int = 0
+
+
+def intermediates_path(output: str) -> str:
+  stem, ext = os.path.splitext(output)
+  return f"{stem}_intermediates{ext or '.mp4'}"
+
+
+def read_pairs(path: str) -> tuple[list[Job], list[tuple[str, str]]]:
+  """Jobs of a pairs CSV, and (where, problem) for its malformed lines."""
+  if not os.path.isfile(path):
+    raise InputError(path, "pairs file not found")
+  folder = os.path.dirname(os.path.abspath(path))
+  resolve = lambda p: p if os.path.isabs(p) else os.path.join(folder, p)
+  jobs, bad = [], []
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      rows = list(csv.reader(f))
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise InputError(path, f"cannot read the pairs CSV: {e}") from e
+  for number, row in enumerate(rows, start=1):
+    cells = [c.strip() for c in row]
+    if not any(cells) or cells[0].startswith("#"):
+      continue
+    if number == 1 and [c.lower() for c in cells] == ["image", "audio", "output"]:
+      continue
+    if len(cells) != 3 or not all(cells):
+      bad.append((f"{path}:{number}", f"expected 'image,audio,output', got {row}"))
+      continue
+    jobs.append(Job(resolve(cells[0]), resolve(cells[1]), resolve(cells[2]), number))
+  return jobs, bad
+
+
+def is_complete(job: Job, options: Options) -> bool:
+  """Whether the job's outputs exist as readable videos with an audio track."""
+  paths = [job.output] + ([intermediates_path(job.output)]
+                          if options.save_intermediates else [])
+  for path in paths:
+    if not os.path.isfile(path):
+      return False
+    try:
+      info = video_lib.probe(path)
+    except InputError:
+      return False
+    if not (info.has_video and info.has_audio):
+      return False
+  return True
+
+
+def run_one(generator: generate.Generator, analyzer, job: Job, options: Options,
+            templates=None, shape_model=None) -> dict[str, float]:
+  """Generates one video; returns {'frames', 'seconds'}. Raises InputError."""
+  start = time.time()
+  speech = audio_lib.load_audio(job.audio)
+  photo = generate.prepare_photo(job.image, analyzer, templates,
+                                 image_size=generator.image_size,
+                                 shape_model=shape_model,
+                                 min_face_size=options.min_face_size)
+  track, rate = generate.output_audio(job.audio, speech)
+  total = audio_lib.num_video_frames(speech.size)
+  paster = (compose.PasteBack(photo.source_image, photo.transform,
+                              generator.image_size)
+            if options.paste_back else None)
+  os.makedirs(os.path.dirname(os.path.abspath(job.output)), exist_ok=True)
+  with contextlib.ExitStack() as stack:
+    writer = stack.enter_context(video_lib.VideoWriter(
+        job.output, fps=generate.FPS, audio=track, audio_sample_rate=rate))
+    side = (stack.enter_context(video_lib.VideoWriter(
+        intermediates_path(job.output), fps=generate.FPS, audio=track,
+        audio_sample_rate=rate)) if options.save_intermediates else None)
+    bar = None
+    if options.progress and options.pairs is None:
+      from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+      bar = stack.enter_context(tqdm(total=total, unit="frame",
+                                     desc=os.path.basename(job.output)))
+    for chunk in generate.generate_chunks(
+        generator, photo, speech, chunk_frames=options.chunk_frames,
+        release_coef_scaling=options.release_coef_scaling):
+      writer.write(paster(chunk.frames) if paster else chunk.frames)
+      if side is not None:
+        side.write(compose.intermediates_frames(
+            photo.crop, photo.landmarks_to_crop(chunk.landmarks),
+            chunk.attention, chunk.colour, chunk.frames))
+      if bar is not None:
+        bar.update(chunk.frames.shape[0])
+    frames = writer.num_frames
+  return {"frames": frames, "seconds": time.time() - start}
+
+
+def run(options: Options) -> int:
+  """Runs one job or a batch; returns the exit code (0 = every row succeeded)."""
+  from hcmtfg import face  # pylint: disable=g-import-not-at-top  (dlib)
+  failures: list[tuple[str, str]] = []
+  try:
+    if options.pairs:
+      jobs, failures = read_pairs(options.pairs)
+    else:
+      jobs = [Job(options.image, options.audio, options.output)]
+    templates = shape_model = None
+    pca = options.pca
+    if options.release_basics_dir:
+      templates = align.load_release_templates(options.release_basics_dir)
+      shape_model = landmarks_lib.load_release_shape_model(
+          options.release_basics_dir)
+    generator = _load(options, pca)
+    analyzer = face.FaceAnalyzer()
+  except InputError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  done = skipped = 0
+  iterator = jobs
+  if options.pairs and options.progress:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+    iterator = tqdm(jobs, unit="video", desc="generate")
+  for job in iterator:
+    where = f"{options.pairs}:{job.line}" if options.pairs else job.output
+    if options.pairs and not options.overwrite and is_complete(job, options):
+      skipped += 1
+      logging.info("%s: %s exists, skipped", where, job.output)
+      continue
+    try:
+      info = run_one(generator, analyzer, job, options, templates, shape_model)
+      done += 1
+      logging.info("%s: wrote %s (%d frames, %.1f s)", where, job.output,
+                   info["frames"], info["seconds"])
+    except InputError as e:
+      failures.append((where, str(e)))
+      if options.pairs:
+        logging.warning("%s: failed: %s", where, e)
+    except Exception as e:  # pylint: disable=broad-except  (keep the batch going)
+      logging.exception("%s: unexpected failure", where)
+      failures.append((where, f"{type(e).__name__}: {e}"))
+    if failures and not options.pairs:
+      break
+  for where, problem in failures:
+    print(f"error: {problem}" if not options.pairs else
+          f"error: {where}: {problem}", file=sys.stderr)
+  if options.pairs:
+    print(f"{done} generated, {skipped} already done, {len(failures)} failed",
+          file=sys.stderr)
+  return 1 if failures else 0
+
+
+def _load(options: Options, pca: str | None) -> generate.Generator:
+  if pca is None and options.release_basics_dir:
+    try:
+      return generate.load_generator_networks(options.atnet_workdir,
+                                              options.vgnet_workdir)
+    except InputError as e:
+      if "no landmark PCA" not in e.problem:
+        raise
+      pca = options.release_basics_dir
+  return generate.load_generator_networks(options.atnet_workdir,
+                                          options.vgnet_workdir, pca_path=pca)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  single = [_IMAGE.value, _AUDIO.value, _OUTPUT.value]
+  if _PAIRS.value and any(single):
+    raise app.UsageError("give either --pairs or --image/--audio/--output")
+  if not _PAIRS.value and not all(single):
+    raise app.UsageError("give --image, --audio and --output (or --pairs)")
+  if not (_ATNET.value and _VGNET.value):
+    raise app.UsageError("give --atnet_workdir and --vgnet_workdir")
+  if _CHUNK_FRAMES.value < 1:
+    raise app.UsageError("--chunk_frames must be >= 1")
+  return run(Options(
+      atnet_workdir=_ATNET.value, vgnet_workdir=_VGNET.value, image=_IMAGE.value,
+      audio=_AUDIO.value, output=_OUTPUT.value, pairs=_PAIRS.value,
+      pca=_PCA.value, release_basics_dir=_BASICS.value,
+      save_intermediates=_SAVE_INTERMEDIATES.value, paste_back=_PASTE_BACK.value,
+      release_coef_scaling=_COEF_SCALING.value, chunk_frames=_CHUNK_FRAMES.value,
+      min_face_size=_MIN_FACE.value, overwrite=_OVERWRITE.value))
+
+
+if __name__ == "__main__":
+  app.run(main)
