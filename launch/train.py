@@ -1,0 +1,70 @@
+r"""Trains AT-net or VG-net (the stage is chosen by the config).
+
+  python -m launch.train --config=configs/atnet.py:synthetic --workdir=/tmp/atnet
+  python -m launch.train --config=configs/vgnet.py:synthetic --workdir=/tmp/vgnet \
+      --config.optim.learning_rate=1e-4
+
+Running the same command again resumes from the newest checkpoint in the
+workdir. The workdir receives checkpoints/, tensorboard/ (view with
+`tensorboard --logdir=WORKDIR`), config.json and landmark_pca.npz. Config
+variants and their commands are in the docstrings of configs/atnet.py and
+configs/vgnet.py.
+
+Several processes (hosts): on a Cloud TPU VM slice or under Slurm/Open MPI the
+processes find each other automatically (`--jax_distributed` forces or, with
+`--nojax_distributed`, disables that); elsewhere give every process
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`
+(launch/gpu_train.sh does so for several processes on one machine).
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from hcmtfg import sharding
+from hcmtfg import summaries
+from hcmtfg import training
+from hcmtfg.errors import InputError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config, e.g. configs/vgnet.py:synthetic.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Output directory (local path or gs://bucket/path).')
+_JAX_DISTRIBUTED = flags.DEFINE_bool(
+    'jax_distributed', None, 'Start jax.distributed (multi-host). Default: '
+    'only when the environment describes a multi-process job (TPU pod slice, '
+    'Slurm, Open MPI, JAX_COORDINATOR_ADDRESS) or --coordinator_address is '
+    'given.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'HOST:PORT of process 0, for multi-process '
+    'runs outside auto-detected clusters.')
+_NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Number of processes (with --coordinator_address).')
+_PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'This process, 0..num_processes-1 (with '
+    '--coordinator_address).')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  summaries.quiet_library_logs()
+  if _COORDINATOR.value and _JAX_DISTRIBUTED.value is not False:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                               _PROCESS_ID.value)
+  else:
+    sharding.initialize_distributed(_JAX_DISTRIBUTED.value)
+  logging.info('process %d of %d, %d local devices', jax.process_index(),
+               jax.process_count(), jax.local_device_count())
+  try:
+    training.train(_CONFIG.value, _WORKDIR.value)
+  except InputError as e:
+    raise SystemExit(f'error: {e}') from e
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
