@@ -166,10 +166,10 @@ class _SharedPosition:
 
 def _atnet_predict(state: ts.TrainState, batch, config) -> dict[str, jax.Array]:
   """Eval-mode predictions for the first `summaries.num_examples` clips."""
-  k = config.summaries.num_examples
-  dtype = ts.compute_dtype(config) or jnp.float32
+  k, compute = config.summaries.num_examples, ts.compute_dtype(config)
+  dtype = compute or jnp.float32
   pred = train_atnet.build_model(config).apply(
-      state.g.variables(None, ts.compute_dtype(config), train=False),
+      state.g.variables(None, compute, train=False),
       batch['example_coef'][:k].astype(dtype), batch['mfcc'][:k].astype(dtype),
       train=False)
   return {'pred_coef': pred.astype(jnp.float32),
@@ -179,12 +179,12 @@ def _atnet_predict(state: ts.TrainState, batch, config) -> dict[str, jax.Array]:
 
 def _vgnet_predict(state: ts.TrainState, batch, config) -> dict[str, jax.Array]:
   """Eval-mode generator outputs for the first `summaries.num_examples` clips."""
-  k = config.summaries.num_examples
-  dtype = ts.compute_dtype(config) or jnp.float32
+  k, compute = config.summaries.num_examples, ts.compute_dtype(config)
+  dtype = compute or jnp.float32
   x = {name: batch[name][:k] for name in
        ('example_image', 'target_lmark', 'example_lmark', 'target_image')}
   out = train_vgnet.build_generator(config).apply(
-      state.g.variables(None, ts.compute_dtype(config), train=False),
+      state.g.variables(None, compute, train=False),
       x['example_image'].astype(dtype), x['target_lmark'].astype(dtype),
       x['example_lmark'].astype(dtype), train=False)
   fields = ('frames', 'attention', 'colour', 'lmark_attention')
