@@ -64,6 +64,12 @@ def check_finite(metrics: Mapping[str, Any], step: int) -> None:
     raise NonFiniteLossError(f'non-finite loss at step {step}: {listing}')
 
 
+def _absolute(directory: str | os.PathLike) -> str:
+  """An absolute local path; URLs such as gs://bucket/dir are kept as they are."""
+  directory = os.fspath(directory)
+  return directory if '://' in directory else os.path.abspath(directory)
+
+
 class Checkpointer:
   """An Orbax CheckpointManager for the train state plus the iterator position.
 
@@ -86,7 +92,7 @@ class Checkpointer:
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
         enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(os.fspath(directory)), options=options,
+        _absolute(directory), options=options,
         item_names=(STATE_ITEM, INPUT_ITEM))
 
   def latest_step(self) -> int | None:

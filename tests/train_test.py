@@ -542,3 +542,10 @@ def test_vgnet_ablations_l1_loss_plain_discriminator_bfloat16(vgnet_run, mesh1):
         np.testing.assert_allclose(m[name], reference[name], rtol=2e-2)
   for leaf in jax.tree.leaves(state):
     assert leaf.dtype in (np.float32, np.int32, np.uint32)
+
+
+def test_checkpointer_keeps_cloud_paths_and_absolutises_local_ones():
+  """gs:// workdirs (Cloud TPU) must not become '<cwd>/gs:/bucket/...'."""
+  assert checkpointing._absolute('gs://bucket/run/checkpoints') == (
+      'gs://bucket/run/checkpoints')
+  assert checkpointing._absolute('rel/dir') == os.path.abspath('rel/dir')
