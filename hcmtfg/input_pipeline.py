@@ -359,6 +359,13 @@ class EvalData:
     counts = [stream.builder.info.splits[
         host_split(stream.full_split, i, stream.process_count)].num_examples
               for i in range(stream.process_count)]
+    if min(counts) == 0:
+      # A host with nothing to read would yield no batch while the others wait
+      # for it in the evaluation's collectives: refuse instead of hanging.
+      raise ValueError(
+          f"split {stream.full_split!r} of {stream.builder.name} has "
+          f"{sum(counts)} examples, too few for {stream.process_count} hosts "
+          f"(per host: {counts}); evaluate on a larger split or fewer hosts")
     self.num_batches = -(-max(counts) // stream.batch_size)
     self._host_total = self.num_batches * stream.batch_size
 

@@ -197,3 +197,11 @@ def test_long_windows_clamp_the_example_frame(tiny):
   assert it.num_host_examples == 8
   rs = np.concatenate([next(it)["example_index"] for _ in range(6)])
   assert set(rs) <= {3, 4} and len(set(rs)) == 2
+
+
+def test_eval_refuses_a_host_without_examples(tiny):
+  """More hosts than clips would leave a host with no batch, hanging the rest."""
+  with pytest.raises(ValueError, match="too few for 16 hosts"):
+    input_pipeline.make_eval_data(tiny, "atnet", split="train",
+                                  global_batch_size=16, process_index=0,
+                                  process_count=16)
