@@ -2,9 +2,12 @@
 # The test command: create/reuse ./.venv, install whatever is missing, run the suite.
 #   bash launch/test.sh                 # whole suite (slow end-to-end tests included)
 #   bash launch/test.sh -m "not slow"   # extra arguments go to pytest
+#   HCMTFG_TEST_WORKERS=1 bash launch/test.sh   # run the tests in one process
 # The PyTorch extras (parity tests, weight conversion) are installed when CI=true or
 # HCMTFG_WITH_TORCH=1; without them the parity tests skip (in CI they would fail instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_env.sh
-exec python -m pytest "$@"
+# Two workers (this project's reference machine has 2 cores); a test file stays on
+# one worker so its module fixtures are built once.
+exec python -m pytest -n "${HCMTFG_TEST_WORKERS:-2}" --dist loadfile "$@"
