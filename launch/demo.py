@@ -1,0 +1,253 @@
+r"""The main job: train ATVGnet on a synthetic corpus, evaluate it, make a video.
+
+  bash launch/demo.sh [--quick] [--output_dir=DIR]     (sets up ./.venv first)
+  python -m launch.demo [--quick] [--output_dir=DIR]   (inside the environment)
+
+Stages (each prints its wall time; a re-run skips what is already done):
+  1. data      build the synthetic talking-face corpus as a TFDS dataset
+               (DIR/data; 200 clips, or 10 with --quick);
+  2. atnet     train AT-net on it for a few minutes (DIR/atnet_synthetic, or
+               DIR/atnet_tiny with --quick);
+  3. vgnet     train VG-net (DIR/vgnet_synthetic or DIR/vgnet_tiny);
+  4. evaluate  both networks on the test split (launch.evaluate: DIR/eval/
+               metrics.md, metrics.json);
+  5. inputs    a real photo (scikit-image's astronaut, DIR/photo.png) and a
+               sentence of synthetic speech (DIR/speech.wav);
+  6. generate  the talking-face video (launch.generate with --paste_back and
+               --save_intermediates: DIR/talking_face.mp4, DIR/talking_face_
+               intermediates.mp4) and a contact sheet of its frames
+               (DIR/contact_sheet.png).
+
+Training runs in this process with the configs' `synthetic` (`tiny` with
+--quick) variants and the overrides printed at the start of the stage, which
+are also the command line reproducing it with launch.train. Training resumes
+from its newest checkpoint and is skipped when that is at the target step;
+evaluation and generation are redone only when the checkpoints they used
+changed (stamps in DIR/.stamps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from typing import Any, Iterator
+
+from absl import app
+from absl import flags
+
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_output",
+                                  "Where everything goes.")
+_QUICK = flags.DEFINE_bool("quick", False, "Smoke run (~2 min): tiny corpus, "
+                           "tiny networks, a handful of steps.")
+_ATNET_STEPS = flags.DEFINE_integer("atnet_steps", None, "AT-net training "
+                                    "steps (default: per mode).")
+_VGNET_STEPS = flags.DEFINE_integer("vgnet_steps", None, "VG-net training "
+                                    "steps (default: per mode).")
+
+# Per mode: dataset builder config and corpus size, config variant and
+# overrides of each stage (eval_every_steps 0: no evaluation while training),
+# and the words of the demo sentence.
+MODES = {
+    "full": {
+        "data_config": "default", "num_clips": None,
+        "atnet": ("synthetic", {"num_train_steps": 300, "eval_every_steps": 300,
+                                "checkpoint_every_steps": 150,
+                                "log_every_steps": 50}),
+        "vgnet": ("synthetic", {"num_train_steps": 500, "eval_every_steps": 500,
+                                "checkpoint_every_steps": 250,
+                                "log_every_steps": 25}),
+        "words": (0, 3, 7, 11, 15, 19),
+    },
+    "quick": {
+        "data_config": "tiny", "num_clips": 10,
+        "atnet": ("tiny", {"num_train_steps": 6, "eval_every_steps": 0,
+                           "checkpoint_every_steps": 6, "log_every_steps": 2}),
+        "vgnet": ("tiny", {"num_train_steps": 4, "eval_every_steps": 0,
+                           "checkpoint_every_steps": 4, "log_every_steps": 2}),
+        "words": (0, 3),
+    },
+}
+
+
+def say(text: str) -> None:
+  print(f"==> {text}", flush=True)
+
+
+@contextlib.contextmanager
+def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
+  say(f"[{name}] ...")
+  start = time.monotonic()
+  yield
+  timings[name] = time.monotonic() - start
+  say(f"[{name}] {timings[name]:.0f} s")
+
+
+def latest_step(workdir: str) -> int | None:
+  """Newest checkpoint step in `workdir/checkpoints` (None if none)."""
+  folder = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(folder):
+    return None
+  steps = [int(n) for n in os.listdir(folder) if n.isdigit()
+           and os.path.isdir(os.path.join(folder, n, "state"))]
+  return max(steps) if steps else None
+
+
+def stage_config(name: str, mode: dict[str, Any], data_dir: str,
+                 steps: int | None):
+  """The training config of `name` ('atnet' | 'vgnet') and its override flags."""
+  from configs import atnet as atnet_config  # pylint: disable=g-import-not-at-top
+  from configs import vgnet as vgnet_config  # pylint: disable=g-import-not-at-top
+  variant, overrides = mode[name]
+  overrides = dict(overrides)
+  if steps is not None:
+    overrides.update(num_train_steps=steps, checkpoint_every_steps=steps,
+                     eval_every_steps=steps if overrides["eval_every_steps"]
+                     else 0)
+  overrides.update({
+      "data.data_dir": data_dir, "data.config": mode["data_config"],
+      "data.download_dir": os.path.join(data_dir, "downloads")})
+  if mode["num_clips"] is not None:
+    overrides["data.num_clips"] = mode["num_clips"]
+  config = (atnet_config if name == "atnet" else vgnet_config).get_config(variant)
+  for key, value in overrides.items():
+    parent = config
+    *path, leaf = key.split(".")
+    for part in path:
+      parent = parent[part]
+    parent[leaf] = value
+  flags_text = " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+  return config, f"--config=configs/{name}.py:{variant} {flags_text}"
+
+
+def _stamp_path(out: str, name: str) -> str:
+  return os.path.join(out, ".stamps", f"{name}.json")
+
+
+def is_stamped(out: str, name: str, key: dict[str, Any], *outputs: str) -> bool:
+  """Whether stage `name` finished with the same key and its outputs exist."""
+  try:
+    with open(_stamp_path(out, name), encoding="utf-8") as f:
+      same = json.load(f) == key
+  except (OSError, ValueError):
+    return False
+  return same and all(os.path.exists(p) for p in outputs)
+
+
+def stamp(out: str, name: str, key: dict[str, Any]) -> None:
+  path = _stamp_path(out, name)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(key, f)
+  os.replace(path + ".tmp", path)
+
+
+def run(out: str, quick: bool, atnet_steps: int | None = None,
+        vgnet_steps: int | None = None) -> dict[str, str]:
+  """Runs (or resumes) every stage; returns the paths of the results."""
+  start = time.monotonic()
+  # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
+  from data_pipelines import build
+  from hcmtfg import face as face_lib
+  from hcmtfg import summaries
+  from hcmtfg import training
+  from hcmtfg import video as video_lib
+  from launch import demo_media
+  from launch import evaluate
+  from launch import generate as generate_cli
+  # pylint: enable=g-import-not-at-top
+  summaries.quiet_library_logs()
+  mode = MODES["quick" if quick else "full"]
+  out = os.path.abspath(out)
+  data_dir = os.path.join(out, "data")
+  timings: dict[str, float] = {}
+  say(f"demo ({'quick' if quick else 'full'}) in {out}")
+
+  with stage("data", timings):
+    builder = build.build_dataset(
+        "synthetic_talking_faces", data_dir, config=mode["data_config"],
+        num_clips=mode["num_clips"], download_dir=os.path.join(data_dir,
+                                                               "downloads"))
+    splits = {k: v.num_examples for k, v in builder.info.splits.items()}
+    say(f"dataset {builder.data_dir}: {splits}")
+
+  workdirs = {}
+  for name, steps in (("atnet", atnet_steps), ("vgnet", vgnet_steps)):
+    # One workdir per variant: --quick and full runs may share DIR.
+    workdir = workdirs[name] = os.path.join(out, f"{name}_{mode[name][0]}")
+    config, command = stage_config(name, mode, data_dir, steps)
+    with stage(name, timings):
+      done = latest_step(workdir)
+      if done is not None and done >= config.num_train_steps:
+        say(f"{workdir} is at step {done}: already trained")
+        continue
+      say(f"python -m launch.train {command} --workdir={workdir}")
+      training.train(config, workdir)
+
+  checkpoints = {n: f"{w}@{latest_step(w)}" for n, w in workdirs.items()}
+  eval_dir = os.path.join(out, "eval")
+  metrics_md = os.path.join(eval_dir, "metrics.md")
+  with stage("evaluate", timings):
+    key = {**checkpoints, "split": "test"}
+    if is_stamped(out, "evaluate", key, metrics_md):
+      say(f"{metrics_md} is up to date")
+      with open(metrics_md, encoding="utf-8") as f:
+        print(f.read())
+    else:
+      evaluate.run(workdirs["atnet"], workdirs["vgnet"], eval_dir,
+                   dataset="synthetic_talking_faces", data_dir=data_dir,
+                   config=mode["data_config"], split="test")
+      stamp(out, "evaluate", key)
+
+  photo = os.path.join(out, "photo.png")
+  speech = os.path.join(out, "speech.wav")
+  with stage("inputs", timings):
+    if not os.path.exists(photo):
+      demo_media.write_photo(photo)
+    if not os.path.exists(speech):
+      demo_media.write_wav(speech, demo_media.sentence_speech(mode["words"]))
+    say(f"photo {photo}; speech {speech}: "
+        f"\"{demo_media.sentence_text(mode['words'])}\"")
+
+  video = os.path.join(out, "talking_face.mp4")
+  side = generate_cli.intermediates_path(video)
+  sheet = os.path.join(out, "contact_sheet.png")
+  with stage("generate", timings):
+    key = {**checkpoints, "words": list(mode["words"])}
+    if is_stamped(out, "generate", key, video, side, sheet):
+      say(f"{video} is up to date")
+    else:
+      code = generate_cli.run(generate_cli.Options(
+          atnet_workdir=workdirs["atnet"], vgnet_workdir=workdirs["vgnet"],
+          image=photo, audio=speech, output=video, save_intermediates=True,
+          paste_back=True))
+      if code:
+        raise SystemExit(code)
+      demo_media.contact_sheet(
+          video_lib.read_video(side, with_audio=False).frames,
+          video_lib.read_video(video, with_audio=False).frames,
+          face_lib.load_image(photo), sheet)
+      stamp(out, "generate", key)
+
+  say("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+      + f"; total {time.monotonic() - start:.0f} s (+ start-up)")
+  results = {"video": video, "intermediates": side, "metrics": metrics_md,
+             "contact_sheet": sheet, "photo": photo, "speech": speech}
+  for name, path in results.items():
+    say(f"{name:>13}: {path}")
+  return results
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from hcmtfg.errors import InputError  # pylint: disable=g-import-not-at-top
+  try:
+    run(_OUTPUT_DIR.value, _QUICK.value, _ATNET_STEPS.value, _VGNET_STEPS.value)
+  except InputError as e:
+    raise SystemExit(f"error: {e}") from e
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,235 @@
+"""Tests of batch evaluation (hcmtfg/evaluation.py, launch/evaluate.py).
+
+The tiny synthetic dataset (10 clips) is the one the dataset and launcher tests
+share under pytest's base temp dir. The networks are tiny (32x32 frames) with
+lively random weights (so that VG-net's output depends on its landmarks),
+saved as training workdirs with the dataset's landmark PCA.
+"""
+
+import functools
+import json
+import math
+import pathlib
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from data_pipelines import build
+from hcmtfg import audio as audio_lib
+from hcmtfg import checkpointing
+from hcmtfg import evaluation
+from hcmtfg import generate
+from hcmtfg import input_pipeline
+from hcmtfg import landmarks as landmarks_lib
+from hcmtfg import models
+from hcmtfg import train_state as ts
+from launch import evaluate as cli
+
+NUM_CLIPS = 10  # as datasets_test.py / launch_train_test.py: one shared build
+ATNET = dict(base_width=4, lmark_features=[8, 16], audio_features=[32, 8],
+             lstm_features=8, lstm_layers=1)
+VGNET = dict(image_size=32, base_width=8, bottleneck_features=8,
+             convgru_features=16, num_res_blocks=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> pathlib.Path:
+  """The shared tiny dataset's TFDS data_dir, built if no test built it yet."""
+  root = tmp_path_factory.getbasetemp() / "hcmtfg_datasets"
+  build.build_dataset("synthetic_talking_faces", root / "tfds", config="tiny",
+                      num_clips=NUM_CLIPS, download_dir=root / "downloads")
+  return root / "tfds"
+
+
+@pytest.fixture(scope="module")
+def builder(tiny_data):
+  return cli.load_builder("synthetic_talking_faces", str(tiny_data), "tiny")
+
+
+def _lively_variables(module, seed: int) -> dict:
+  """Random variables whose outputs depend visibly on every input."""
+  shapes = jax.eval_shape(lambda: module.init(
+      jax.random.key(0), *module.dummy_inputs(), train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, x):
+    name = path[-1].key
+    if path[0].key == "batch_stats":
+      values = (rng.uniform(0.5, 1.5, x.shape) if name == "var"
+                else rng.normal(0, 0.1, x.shape))
+    elif name == "scale":
+      values = rng.uniform(0.8, 1.2, x.shape)
+    elif len(x.shape) == 1:
+      values = rng.normal(0, 0.1, x.shape)
+    else:
+      values = rng.normal(0, 1, x.shape) / np.sqrt(np.prod(x.shape[:-1]))
+    return values.astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def _write_workdir(workdir: pathlib.Path, variables: dict, config: dict,
+                   pca) -> None:
+  state = ts.TrainState(step=jnp.array(5, jnp.int32), rng=jax.random.PRNGKey(0),
+                        g=ts.NetState.create(optax.adam(1e-3), variables))
+  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints",
+                                            async_save=False)
+  checkpointer.save(5, state, {"epoch": 0}, force=True)
+  checkpointer.close()
+  (workdir / "config.json").write_text(json.dumps(config))
+  landmarks_lib.save_pca(workdir / "landmark_pca.npz", pca)
+
+
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory, builder, tiny_data):
+  root = tmp_path_factory.mktemp("eval_nets")
+  pca = input_pipeline.load_dataset_pca(builder)
+  data = {"name": "synthetic_talking_faces", "config": "tiny",
+          "data_dir": str(tiny_data)}
+  atnet, vgnet = models.ATNet.from_config(ATNET), models.VGNet.from_config(VGNET)
+  _write_workdir(root / "atnet", _lively_variables(atnet, 0),
+                 {"model": ATNET, "data": data}, pca)
+  vg_vars = _lively_variables(vgnet, 1)
+  # Landmark motion is small (~0.05): amplify it, and let the colour map (not
+  # the example image) dominate, so frames follow the landmarks visibly.
+  vg_vars["params"]["landmark_encoder"]["kernel"] *= 50.0
+  vg_vars["params"]["generator_attention"]["bias"][:] = 2.0
+  _write_workdir(root / "vgnet", vg_vars,
+                 {"model": {"generator": VGNET, "discriminator": {}},
+                  "data": data}, pca)
+  return root / "atnet", root / "vgnet"
+
+
+@pytest.fixture(scope="module")
+def generator(workdirs):
+  return generate.load_generator_networks(*workdirs)
+
+
+@pytest.fixture(scope="module")
+def analyzer():
+  from hcmtfg import face  # pylint: disable=g-import-not-at-top
+  return face.FaceAnalyzer()
+
+
+@pytest.fixture(scope="module")
+def clips(builder):
+  return list(evaluation.read_clips(builder, "train", max_clips=3))
+
+
+def test_perfect_generator_scores_ssim_one_lmd_zero(clips, analyzer):
+  rows = []
+  for clip in clips[:2]:
+    reference = evaluation.real_reference(clip, analyzer)
+    perfect = evaluation.frame_scores(reference, clip.frames[1:], analyzer)
+    assert perfect["release/ssim"] == pytest.approx(1.0)
+    assert perfect["plain/ssim"] == pytest.approx(1.0)
+    assert perfect["release/psnr"] == 100.0
+    assert perfect["lmd"] == 0.0
+    assert perfect["cpbd"] == pytest.approx(reference["cpbd"])
+    rows.append({"clip_id": clip.clip_id, "frames": 28,
+                 **{f"cascade/{k}": v for k, v in perfect.items()}})
+    # A wrong video (the clip reversed in time) scores worse.
+    wrong = evaluation.frame_scores(reference, clip.frames[1:][::-1], analyzer)
+    assert wrong["release/ssim"] < 0.99 and wrong["lmd"] > 1.0
+  summary = evaluation.aggregate(rows)
+  assert summary["cascade/release/ssim"]["mean"] == pytest.approx(1.0)
+  assert summary["cascade/release/ssim"]["std"] == pytest.approx(0.0, abs=1e-12)
+  assert summary["cascade/lmd"] == {"mean": 0.0, "std": 0.0, "count": 2}
+
+
+def test_aggregate_mean_std_skips_nan():
+  rows = [{"clip_id": "a", "frames": 3, "m": 1.0, "n": math.nan},
+          {"clip_id": "b", "frames": 5, "m": 3.0, "n": 2.0},
+          {"clip_id": "c", "frames": 5, "m": math.nan, "n": 4.0}]
+  summary = evaluation.aggregate(rows)
+  assert set(summary) == {"m", "n"}
+  assert summary["m"] == {"mean": 2.0, "std": 1.0, "count": 2}
+  assert summary["n"] == {"mean": 3.0, "std": 1.0, "count": 2}
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _apply(module, variables, *inputs):
+  return module.apply(variables, *inputs, train=False)
+
+
+def _direct_frames(generator, clip: evaluation.Clip) -> dict[str, np.ndarray]:
+  """Both paths for one clip with the modules' own apply (no chunks, B = 1)."""
+  pca, scale = generator.pca, generator.pca.scale
+  s = generator.image_size
+  image = cv2.resize(clip.frames[0], (s, s), interpolation=cv2.INTER_AREA)
+  image = jnp.asarray(image[None], jnp.float32) / 127.5 - 1.0
+  windows = audio_lib.mfcc_windows(clip.mfcc, clip.frames.shape[0])[1:]
+  example_coef = landmarks_lib.project(pca, clip.normalized[0])
+  coefs = _apply(generator.atnet, generator.atnet_variables,
+                 jnp.asarray(example_coef[None], jnp.float32),
+                 jnp.asarray(windows[None]))
+  lift = lambda c: np.asarray(c) @ pca.components.T + pca.mean
+  inputs = {"cascade": (lift(coefs), lift(example_coef[None])),
+            "gt_landmarks": (clip.normalized[None, 1:] * scale,
+                             clip.normalized[None, 0] * scale)}
+  out = {}
+  for path, (target, example) in inputs.items():
+    frames = _apply(generator.vgnet, generator.vgnet_variables, image,
+                    jnp.asarray(target, jnp.float32),
+                    jnp.asarray(example, jnp.float32)).frames
+    out[path] = np.clip(np.round((np.asarray(frames[0]) + 1) * 127.5), 0, 255)
+  return out
+
+
+def test_batched_chunked_paths_equal_direct_computation(generator, clips):
+  gain = np.ones(generator.atnet.pca_dim, np.float32)
+  # B = 3 clips in chunks of 8 frames vs one clip, all frames at once.
+  batched = evaluation.dispatch_batch(generator, clips, 3, 8, gain)
+  for b in (0, 2):
+    direct = _direct_frames(generator, clips[b])
+    n = clips[b].frames.shape[0] - 1
+    for path in evaluation.NETWORK_PATHS:
+      x = np.asarray(batched.frames[path])[b, :n].astype(int)
+      assert np.abs(x - direct[path]).max() <= 1, (b, path)
+  cascade = np.asarray(batched.frames["cascade"])
+  truth = np.asarray(batched.frames["gt_landmarks"])
+  assert (cascade != truth).mean() > 1e-3, "true landmarks give the cascade's frames"
+
+
+def test_evaluate_cli_writes_table_and_finite_metrics(workdirs, tiny_data,
+                                                      tmp_path, capsys):
+  out = tmp_path / "eval"
+  before = evaluation._vgnet_chunk._cache_size()
+  results = cli.run(str(workdirs[0]), str(workdirs[1]), str(out),
+                    split="train", max_clips=4, batch_size=3, chunk_frames=8,
+                    progress=False)
+  # 2 batches (the last one padded), 4 chunks each, 2 paths: compiled once
+  # (by the previous test already, when it ran).
+  assert evaluation._vgnet_chunk._cache_size() - before <= 1
+  printed = capsys.readouterr().out
+  assert "| SSIM ↑ | release" in printed and "| LMD px ↓ |" in printed
+  assert (out / "metrics.md").read_text().strip() in printed
+  saved = json.loads((out / "metrics.json").read_text())
+  assert saved["num_clips"] == 4 == len(saved["per_clip"])
+  assert saved["num_frames"] == 4 * 28 and saved["dataset"] == results["dataset"]
+  expected = {f"{p}/{k}" for p in evaluation.PATHS for k in (
+      "release/ssim", "release/psnr", "release/psnr_true_mse", "plain/ssim",
+      "plain/psnr", "lmd", "lmd_detected", "cpbd")}
+  expected |= {"real/cpbd", "atnet/pca_mse", "atnet/pixels_mean",
+               "atnet/pixels_mouth"}
+  assert set(saved["metrics"]) == expected
+  for key, entry in saved["metrics"].items():
+    assert entry["count"] == 4, key
+    assert math.isfinite(entry["mean"]) and math.isfinite(entry["std"]), key
+  m = saved["metrics"]
+  assert 0 < m["cascade/release/ssim"]["mean"] < 1
+  assert m["atnet/pca_mse"]["mean"] > 0 and m["cascade/lmd"]["mean"] > 0
+  differs = [abs(a[f"cascade/{k}"] - a[f"gt_landmarks/{k}"]) > 1e-6
+             for a in saved["per_clip"] for k in ("plain/psnr", "release/ssim")]
+  assert any(differs), "the true-landmark path equals the cascade"
+
+
+def test_evaluate_cli_missing_dataset_names_build_command(workdirs, tmp_path):
+  with pytest.raises(cli.InputError, match="data_pipelines.build"):
+    cli.run(str(workdirs[0]), str(workdirs[1]), str(tmp_path / "e"),
+            dataset="synthetic_talking_faces", data_dir=str(tmp_path / "none"),
+            config="tiny", progress=False)
