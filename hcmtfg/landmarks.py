@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 
 import numpy as np
 
+from hcmtfg import atomic
 from hcmtfg.errors import InputError
 
 NUM_POINTS = 68
@@ -191,8 +191,7 @@ def save_pca(path: str | os.PathLike, pca: Pca) -> None:
             "scale": np.float64(pca.scale)}
   if pca.explained_variance is not None:
     arrays["explained_variance"] = pca.explained_variance
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=folder)
+  fd, tmp = atomic.temp_beside(path, suffix=".npz.tmp")
   try:
     with os.fdopen(fd, "wb") as f:
       np.savez(f, **arrays)

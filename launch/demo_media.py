@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Sequence
 
 import cv2
@@ -22,6 +21,7 @@ import numpy as np
 
 from data_pipelines.synthetic import articulation as art_lib
 from data_pipelines.synthetic import speech as speech_lib
+from hcmtfg import atomic
 
 SAMPLE_RATE = speech_lib.SAMPLE_RATE
 WORD_MARGIN_S = 0.1  # silence kept on each side of a word (> 4 smoothing sigmas)
@@ -29,10 +29,7 @@ EDGE_S = 0.3  # silence before the first and after the last word
 
 
 def _atomic_path(path: str) -> tuple[int, str]:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  return tempfile.mkstemp(prefix=".", suffix=os.path.splitext(path)[1],
-                          dir=folder)
+  return atomic.temp_beside(path, suffix=os.path.splitext(path)[1])
 
 
 def write_photo(path: str) -> str:

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 from typing import Any
 
 from absl import app
@@ -29,6 +28,7 @@ from absl import flags
 
 import numpy as np
 
+from hcmtfg import atomic
 from hcmtfg import evaluation
 from hcmtfg import generate
 from hcmtfg.errors import InputError
@@ -95,9 +95,7 @@ def _json_safe(x):
 
 
 def _write_text(path: str, text: str) -> None:
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
+  fd, tmp = atomic.temp_beside(path)
   try:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(text)
