@@ -61,6 +61,9 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   # A landmark PCA to use instead of the dataset's (a save_pca .npz file, or a
   # folder with the release's U_lrw1.npy + mean_lrw1.npy); None = dataset's.
   c.data.pca_path = config_dict.placeholder(str)
+  # On a damaged TFRecord shard: False stops naming the file; True logs it
+  # with the number of records lost and trains on without it.
+  c.data.skip_corrupt_shards = False
 
   c.batch_size = 16  # Global batch (all hosts); release 16.
   c.eval_batch_size = 16  # Global eval batch.

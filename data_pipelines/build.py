@@ -11,17 +11,19 @@ reads the dataset (config 'default' unless --config was given). `--beam` runs th
 example generation under Apache Beam (default options: DirectRunner, one worker
 process per CPU); without it a plain Python loop builds the dataset.
 
-TFDS's own CLI drives the same builders (`tfds build synthetic_talking_faces
---imports=data_pipelines --config=tiny --beam_pipeline_options=...`), but in
-tensorflow-datasets 4.9.10 it needs the extra package `mlcroissant`, which this
-project does not install.
+TFDS's own CLI drives the same builders, from the repository root (the `tfds`
+script does not put the current directory on the import path):
+  PYTHONPATH=. tfds build synthetic_talking_faces --imports=data_pipelines \
+      --config=tiny --data_dir=DIR [--beam_pipeline_options=...]
 """
 
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
+import shutil
 import sys
 
 from absl import app
@@ -30,6 +32,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 import data_pipelines  # registers the builders.
+from hcmtfg import locking
 
 DATASETS = ("synthetic_talking_faces", "lrw", "grid", "voxceleb2")
 
@@ -88,10 +91,28 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike, *,
       manual_dir=None if manual_dir is None else os.fspath(manual_dir),
       beam_options=beam_options, max_examples_per_split=max_examples_per_split,
       try_download_gcs=False)
-  builder.download_and_prepare(
+  prepare = functools.partial(
+      builder.download_and_prepare,
       download_dir=None if download_dir is None else os.fspath(download_dir),
       download_config=download_config)
+  config_dir = os.path.dirname(os.fspath(builder.data_dir))
+  if "://" in config_dir:
+    prepare()
+    return builder
+  os.makedirs(config_dir, exist_ok=True)
+  # One build at a time per dataset: a second waits, then finds it built. What
+  # is left of a killed build (TFDS's incomplete.* folder) is removed first.
+  with locking.WorkdirLock(config_dir, blocking=True, name=".build.lock"):
+    _remove_unfinished(config_dir)
+    prepare()
   return builder
+
+
+def _remove_unfinished(config_dir: str) -> None:
+  """Deletes the temporary folders of killed builds (the caller holds the lock)."""
+  for stale in glob.glob(os.path.join(glob.escape(config_dir), "incomplete.*")):
+    logging.warning("removing %s, left by an interrupted build", stale)
+    shutil.rmtree(stale, ignore_errors=True)
 
 
 def _define_flags() -> dict[str, flags.FlagHolder]:

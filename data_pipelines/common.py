@@ -38,6 +38,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from hcmtfg import clip_features
+from hcmtfg import faults
 from hcmtfg import landmarks as landmarks_lib
 
 VERSION = tfds.core.Version("1.0.0")
@@ -48,6 +49,7 @@ PCA_COMPONENTS = 6
 PCA_MAX_EXAMPLES = 20000  # train clips read to fit the PCA (files are shuffled).
 
 _ANALYZER = None  # this process's FaceAnalyzer, created on first use.
+_CLIPS_DONE = 0  # clips this process has processed (fault-injection tests).
 
 
 def worker_analyzer():
@@ -168,6 +170,9 @@ class ClipProcessor:
       self._count(f"failed/{UNEXPECTED}")
       return
     self._count("ok")
+    global _CLIPS_DONE
+    _CLIPS_DONE += 1
+    faults.at("build_clip", _CLIPS_DONE)  # Tests only: a kill mid-build.
     yield source.key, to_example(clip, source)
 
 

@@ -17,26 +17,61 @@ step.
 Multi-host caveat: the 'input' JSON is written by the primary host only, so
 the iterator position must mean the same on every host (e.g. a global step or
 example index from which each host derives its own shard's position).
+
+Integrity. Orbax writes a step into a temporary directory and renames it when
+complete (on GCS: writes in place and commits with a marker file), so a killed
+job never leaves a partial step under a final name; leftover temporary
+directories are removed when the next run opens the directory. Before the
+commit, the primary host adds `MANIFEST_FILE` to the step: the size and SHA-256
+of every file in it. `restore_or_init` verifies the manifest and tries the
+restore; a step that fails either (truncated or flipped bytes, a missing file)
+is reported with a warning naming its directory and the problem, moved aside to
+`<directory>.corrupt/`, and the previous step is used instead. If no step can be
+restored, it raises `CheckpointError` rather than silently starting afresh.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from absl import logging
+from etils import epath
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+from hcmtfg import faults
 
 PyTree = Any
 
 STATE_ITEM = 'state'
 INPUT_ITEM = 'input'
+MANIFEST_FILE = 'hcmtfg_manifest.json'
+# Rewritten by Orbax after the manifest, when the step is committed.
+_UNLISTED = frozenset({'_CHECKPOINT_METADATA', 'commit_success.txt',
+                       MANIFEST_FILE})
+_TMP_MARK = '.orbax-checkpoint-tmp'
+
+
+class CheckpointError(RuntimeError):
+  """No checkpoint in a directory that holds some can be restored."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """An asynchronous save failed (e.g. disk full); its step was not committed."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint step does not match its manifest (or cannot be read)."""
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -70,11 +105,75 @@ def _absolute(directory: str | os.PathLike) -> str:
   return directory if '://' in directory else os.path.abspath(directory)
 
 
+def _file_digest(path: epath.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open('rb') as f:
+    for block in iter(lambda: f.read(1 << 22), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _listed_files(root: epath.Path) -> dict[str, epath.Path]:
+  """Relative path -> file, for every file under `root` a manifest covers."""
+  files, folders = {}, [root]
+  while folders:
+    for path in folders.pop().iterdir():
+      if path.is_dir():
+        folders.append(path)
+      elif path.name not in _UNLISTED:
+        files[str(path.relative_to(root))] = path
+  return files
+
+
+def write_manifest(step_dir: str | os.PathLike, step: int) -> None:
+  """Writes `MANIFEST_FILE` (size and SHA-256 of each file) into a step."""
+  root = epath.Path(step_dir)
+  files = {rel: {'size': path.stat().length, 'sha256': _file_digest(path)}
+           for rel, path in sorted(_listed_files(root).items())}
+  text = json.dumps({'version': 1, 'step': step, 'files': files}, indent=1)
+  (root / MANIFEST_FILE).write_text(text)
+
+
+def verify_manifest(step_dir: str | os.PathLike) -> bool:
+  """Checks a step against its manifest.
+
+  Returns:
+    True if verified, False if the step has no manifest (an older checkpoint,
+    or a job killed between the commit and the manifest on file systems that
+    commit in place).
+
+  Raises:
+    CorruptCheckpointError: naming the first missing, resized or changed file.
+  """
+  root = epath.Path(step_dir)
+  manifest_path = root / MANIFEST_FILE
+  if not manifest_path.exists():
+    return False
+  try:
+    listed = json.loads(manifest_path.read_text())['files']
+  except (ValueError, KeyError, TypeError) as e:
+    raise CorruptCheckpointError(f'{manifest_path}: unreadable manifest '
+                                 f'({e})') from e
+  for rel, expected in sorted(listed.items()):
+    path = root / rel
+    if not path.exists():
+      raise CorruptCheckpointError(f'{path}: file missing')
+    size = path.stat().length
+    if size != expected['size']:
+      raise CorruptCheckpointError(
+          f'{path}: {size} bytes, {expected["size"]} when written (truncated?)')
+    if _file_digest(path) != expected['sha256']:
+      raise CorruptCheckpointError(f'{path}: contents changed since written '
+                                   '(SHA-256 mismatch)')
+  return True
+
+
 class Checkpointer:
   """An Orbax CheckpointManager for the train state plus the iterator position.
 
   Attributes:
     manager: the underlying `ocp.CheckpointManager`.
+    directory: where the step folders are (absolute, or a URL).
   """
 
   def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
@@ -83,17 +182,28 @@ class Checkpointer:
 
     Args:
       directory: where step folders are written; created if missing.
+        Temporary folders of unfinished saves (killed jobs) are removed.
       max_to_keep: keep only the newest N checkpoints (None keeps all).
       save_interval_steps: `save` writes only at multiples of it unless forced.
       async_save: write in a background thread (arrays are copied to host
-        memory before `save` returns).
+        memory before `save` returns); if False, `save` returns once the step
+        is committed.
     """
+    self.directory = _absolute(directory)
+    self._async = async_save
+    self._saving_step = None
+    self._failed_save_raised = False
+    # Always Orbax's asynchronous checkpointer: its post-finalisation callback
+    # runs after every file is written and before the commit, where the
+    # manifest goes.
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=True, create=True,
+        cleanup_tmp_directories=True,
+        async_options=ocp.AsyncOptions(
+            post_finalization_callback=self._before_commit))
     self.manager = ocp.CheckpointManager(
-        _absolute(directory), options=options,
-        item_names=(STATE_ITEM, INPUT_ITEM))
+        self.directory, options=options, item_names=(STATE_ITEM, INPUT_ITEM))
 
   def latest_step(self) -> int | None:
     """The newest saved step, or None if there is none."""
@@ -106,6 +216,23 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     """Whether `save(step, ...)` would write (interval reached, not saved)."""
     return self.manager.should_save(step)
+
+  def step_dir(self, step: int) -> epath.Path:
+    """The folder of a committed step."""
+    return epath.Path(self.directory) / str(step)
+
+  def _before_commit(self) -> None:
+    """Orbax's finalise thread: every file of the step is written, the step
+    is not committed yet. Writes the manifest (primary host)."""
+    step = self._saving_step
+    if step is None:
+      return
+    if jax.process_index() == 0:
+      root = epath.Path(self.directory)
+      tmp = sorted(p for p in root.iterdir()
+                   if p.name.startswith(f'{step}{_TMP_MARK}'))
+      write_manifest(tmp[-1] if tmp else root / str(step), step)
+    faults.at('ckpt_commit', step)
 
   def save(self, step: int, state: PyTree,
            input_state: Mapping[str, Any] | None = None, *,
@@ -120,24 +247,34 @@ class Checkpointer:
 
     Returns:
       Whether a save was started (False if not due, or if `step` exists).
+
+    Raises:
+      CheckpointWriteError: the previous asynchronous save failed (e.g. the
+        disk is full); its step was not committed.
     """
-    if force:
-      self.manager.wait_until_finished()
-      if step in self.manager.all_steps():
-        return False  # Already saved, e.g. by the interval.
+    self.wait_until_finished()
+    if force and step in self.manager.all_steps():
+      return False  # Already saved, e.g. by the interval.
+    if not force and not self.manager.should_save(step):
+      return False
+    faults.at('ckpt_save', step)
     args = ocp.args.Composite(**{
         STATE_ITEM: ocp.args.StandardSave(state),
         INPUT_ITEM: ocp.args.JsonSave(dict(input_state or {})),
     })
+    self._saving_step = step
     saved = self.manager.save(step, args=args, force=force)
     if saved:
-      logging.info('checkpoint: saving step %d to %s', step,
-                   self.manager.directory)
+      logging.info('checkpoint: saving step %d to %s', step, self.directory)
+      if not self._async:
+        self.wait_until_finished()
     return saved
 
   def restore(self, abstract_state: PyTree, step: int | None = None
               ) -> tuple[PyTree, dict[str, Any]]:
     """Restores a saved step into the structure and shardings given.
+
+    The step is first checked against its manifest.
 
     Args:
       abstract_state: pytree of jax.ShapeDtypeStruct (with `.sharding`) of the
@@ -149,19 +286,54 @@ class Checkpointer:
 
     Raises:
       FileNotFoundError: if there is no checkpoint.
+      CorruptCheckpointError: the step does not match its manifest.
     """
     step = self.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f'no checkpoint in {self.manager.directory}')
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    if not verify_manifest(self.step_dir(step)):
+      logging.info('checkpoint: step %d has no manifest; not verified', step)
     restored = self.manager.restore(step, args=ocp.args.Composite(**{
         STATE_ITEM: ocp.args.StandardRestore(abstract_state),
         INPUT_ITEM: ocp.args.JsonRestore(),
     }))
     return restored[STATE_ITEM], dict(restored[INPUT_ITEM] or {})
 
+  def set_aside(self, step: int) -> str:
+    """Moves a step out of the directory (to `<directory>.corrupt/`).
+
+    Returns:
+      Where it went (primary host; the others only reload the step list).
+    """
+    target = epath.Path(f'{self.directory}.corrupt') / (
+        f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    if jax.process_index() == 0:
+      target.parent.mkdir(parents=True, exist_ok=True)
+      self.step_dir(step).rename(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'hcmtfg: set aside step {step}')
+    self.manager.reload()
+    return str(target)
+
   def wait_until_finished(self) -> None:
-    """Blocks until every pending asynchronous save is on disk."""
-    self.manager.wait_until_finished()
+    """Blocks until every pending asynchronous save is on disk.
+
+    Raises:
+      CheckpointWriteError: a save failed (e.g. the disk is full); its step
+        was not committed, older steps are intact.
+    """
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except  (Orbax raises many)
+      already, self._failed_save_raised = self._failed_save_raised, True
+      if already:
+        raise CheckpointWriteError(f'an earlier save to {self.directory} '
+                                   'failed') from e
+      raise CheckpointWriteError(
+          f'saving checkpoint step {self._saving_step} to {self.directory} '
+          f'failed, so that step was not committed (is the disk full or the '
+          f'directory unwritable?): {type(e).__name__}: {e}') from e
 
   def reached_preemption(self, step: int) -> bool:
     """JAX's multi-host preemption sync point (False on a single process).
@@ -175,13 +347,32 @@ class Checkpointer:
     return self.manager.reached_preemption(step)
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager."""
-    self.manager.close()
+    """Waits for pending saves and releases the manager.
+
+    Raises:
+      CheckpointWriteError: a save failed and that was not raised before.
+    """
+    try:
+      self.wait_until_finished()
+    except CheckpointWriteError:
+      if not self._failed_save_raised:
+        raise
+    finally:
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except
+        if not self._failed_save_raised:
+          raise
 
 
 def restore_or_init(checkpointer: Checkpointer, init_fn: Callable[[], PyTree]
                     ) -> tuple[PyTree, dict[str, Any] | None]:
-  """Resumes from the latest checkpoint, or initialises a fresh state.
+  """Resumes from the newest restorable checkpoint, or initialises afresh.
+
+  Steps are tried newest first. One that fails its manifest check or its
+  restore is reported (a warning naming its folder and the problem); once an
+  older step restores, the failed newer ones are moved to
+  `<directory>.corrupt/` so that training can save those steps again.
 
   Args:
     checkpointer: where to look.
@@ -194,15 +385,41 @@ def restore_or_init(checkpointer: Checkpointer, init_fn: Callable[[], PyTree]
   Returns:
     (state, input_state): input_state is None for a fresh start, else the
     iterator position saved with the checkpoint.
+
+  Raises:
+    CheckpointError: there are checkpoints but none can be restored (listing
+      each step's problem); nothing is moved then.
   """
-  step = checkpointer.latest_step()
-  if step is None:
+  steps = checkpointer.all_steps()
+  if not steps:
     logging.info('checkpoint: none found, initialising')
     return init_fn(), None
   eval_shape = getattr(init_fn, 'eval_shape', None)
   abstract = eval_shape() if eval_shape else jax.eval_shape(init_fn)
-  logging.info('checkpoint: resuming from step %d', step)
-  return checkpointer.restore(abstract, step)
+  failed = []
+  for step in reversed(steps):
+    try:
+      state, position = checkpointer.restore(abstract, step)
+    except Exception as e:  # pylint: disable=broad-except  (try the previous)
+      problem = f'{type(e).__name__}: {e}'.strip()[:2000]
+      logging.warning('checkpoint: step %d (%s) cannot be restored: %s',
+                      step, checkpointer.step_dir(step), problem)
+      failed.append((step, problem))
+      continue
+    for bad_step, _ in failed:
+      where = checkpointer.set_aside(bad_step)
+      logging.warning('checkpoint: moved unusable step %d to %s', bad_step,
+                      where)
+    if failed:
+      logging.warning('checkpoint: falling back to step %d (newer step(s) %s '
+                      'unusable)', step, [s for s, _ in failed])
+    logging.info('checkpoint: resuming from step %d', step)
+    return state, position
+  listing = '\n'.join(f'  step {s}: {p}' for s, p in failed)
+  raise CheckpointError(
+      f'no checkpoint in {checkpointer.directory} can be restored:\n{listing}\n'
+      'Refusing to start from scratch over them; fix the config (if it no '
+      'longer matches) or move the directory away to start afresh.')
 
 
 class PreemptionHandler:

@@ -32,27 +32,41 @@ epoch 0; every pass is identical. Hosts pad their last batch by repeating their 
 examples, with 'mask' (B,) bool False on the padding, so every host yields the same
 number of full batches.
 
+Damaged shards. tf.data reports a corrupt or truncated TFRecord file without
+naming it; on such an error the pipeline checks every shard of its split and
+raises `InputError` naming the damaged file (default), or, with
+`skip_corrupt_shards=True`, logs each damaged shard with the number of records
+lost, leaves those shards out and carries on (the iterator's position then
+counts examples of the remaining shards).
+
 Batches are host-local numpy dicts with B = global_batch_size / process_count;
 `to_global(batch, mesh)` assembles them into global jax.Arrays sharded over 'data'.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
+import re
 from typing import Any, Iterator
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from hcmtfg import landmarks as landmarks_lib
+from hcmtfg.errors import InputError
 
 PCA_FILENAME = "landmark_pca.npz"
 VIEWS = ("atnet", "vgnet")
 EXAMPLE_RANGE = (3, 7)  # AT-net example frame r, inclusive (the release's).
 MFCC_ROWS_PER_FRAME = 4
 MFCC_WINDOW_ROWS = 28
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+# What tf.data raises on a damaged or vanished TFRecord file (without naming it).
+READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError)
 
 
 def dataset_pca_path(builder: tfds.core.DatasetBuilder) -> str:
@@ -186,12 +200,68 @@ def _read(builder, split: str, view: str) -> tf.data.Dataset:
                             read_config=tfds.ReadConfig(add_tfds_id=False))
 
 
+def _file_instructions(builder, split) -> list[Any]:
+  return list(builder.info.splits[split].file_instructions)
+
+
+def find_damaged_shards(builder, split) -> dict[str, tuple[int, int, str]]:
+  """Reads every TFRecord file of `split` through, checking each record's CRC.
+
+  Returns:
+    path -> (records readable before the damage, records the dataset info
+    gives the shard, what is wrong), for each damaged or missing file.
+  """
+  damaged = {}
+  for path in dict.fromkeys(fi.filename for fi in
+                            _file_instructions(builder, split)):
+    expected = next(fi.examples_in_shard for fi in
+                    _file_instructions(builder, split) if fi.filename == path)
+    count = 0
+    try:
+      for _ in tf.data.TFRecordDataset(path, buffer_size=1 << 22):
+        count += 1
+    except READ_ERRORS as e:
+      message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message).strip()
+      damaged[path] = (count, expected, message.splitlines()[0])
+      continue
+    if count != expected:
+      damaged[path] = (count, expected, f"{count} records, {expected} expected")
+  return damaged
+
+
+def _split_without(builder, split, dropped: set[str]):
+  """`split` less the examples of the files in `dropped` (a ReadInstruction)."""
+  where = {}  # file name -> (split name, first example of the file in it)
+  for name, info in builder.info.splits.items():
+    start = 0
+    for filename, length in zip(info.filenames, info.shard_lengths):
+      where[filename] = (name, start)
+      start += length
+  ranges = []
+  for fi in _file_instructions(builder, split):
+    if fi.filename in dropped:
+      continue
+    name, first = where[os.path.basename(fi.filename)]
+    start = first + fi.skip
+    if ranges and ranges[-1][0] == name and ranges[-1][2] == start:
+      ranges[-1][2] = start + fi.take
+    else:
+      ranges.append([name, start, start + fi.take])
+  if not ranges:
+    raise InputError(os.fspath(builder.data_dir),
+                     f"every shard of split {split} is damaged")
+  return functools.reduce(operator.add, [
+      tfds.core.ReadInstruction(name, from_=a, to=b, unit="abs")
+      for name, a, b in ranges])
+
+
 class _Stream:
   """Shared set-up of the training and eval views for one host."""
 
   def __init__(self, builder, split: str, view: str, *, global_batch_size: int,
                seed: int, num_target_frames: int, pca, image_size, landmark_scale,
-               example_range, process_index, process_count, with_ids: bool):
+               example_range, process_index, process_count, with_ids: bool,
+               skip_corrupt_shards: bool = False):
     self.process_index, self.process_count = _process_defaults(process_index,
                                                                process_count)
     if global_batch_size % self.process_count:
@@ -206,8 +276,51 @@ class _Stream:
                             landmark_scale, example_range)
     self.with_ids = with_ids
     self.builder = builder
-    self.base = _read(builder, self.split, view).filter(
-        lambda ex: tf.shape(ex["normalized_landmarks"])[0] >= self.sampler.min_frames)
+    self.skip_corrupt_shards = bool(skip_corrupt_shards)
+    self.dropped: dict[str, int] = {}  # skipped shard -> records lost
+    self.read_split = self.split
+    self.base = self._filtered(_read(builder, self.split, view))
+
+  def _filtered(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    return ds.filter(lambda ex: tf.shape(ex["normalized_landmarks"])[0]
+                     >= self.sampler.min_frames)
+
+  @property
+  def records_lost(self) -> int:
+    """Records of this host's part left out with skipped damaged shards."""
+    return sum(self.dropped.values())
+
+  def recover(self, error: Exception) -> None:
+    """Handles a read error: names the damaged shard, or skips it.
+
+    Raises:
+      InputError: naming the damaged file (unless skipping shards).
+      error: itself, when no shard of the split is found damaged.
+    """
+    damaged = {path: v for path, v in find_damaged_shards(
+        self.builder, self.split).items() if path not in self.dropped}
+    if not damaged:
+      raise error
+    if not self.skip_corrupt_shards:
+      path, (readable, total, problem) = sorted(damaged.items())[0]
+      more = (f"; {len(damaged) - 1} more damaged shard(s) in split "
+              f"{self.full_split}" if len(damaged) > 1 else "")
+      raise InputError(path, f"damaged TFRecord shard ({problem}; {readable} "
+                       f"of its {total} records readable){more}. Rebuild the "
+                       "dataset, or skip damaged shards (skip_corrupt_shards, "
+                       "--config.data.skip_corrupt_shards=True)") from error
+    takes = {fi.filename: fi.take for fi in _file_instructions(self.builder,
+                                                               self.split)}
+    for path, (readable, total, problem) in sorted(damaged.items()):
+      self.dropped[path] = takes[path]
+      logging.warning("input: skipping damaged TFRecord shard %s (%s): %d "
+                      "records lost (%d of its %d were readable)", path,
+                      problem, takes[path], readable, total)
+    logging.warning("input: %d records lost in %d skipped shard(s) of %s",
+                    self.records_lost, len(self.dropped), self.full_split)
+    self.read_split = _split_without(self.builder, self.split,
+                                     set(self.dropped))
+    self.base = self._filtered(_read(self.builder, self.read_split, self.view))
 
   def sample(self, epoch: tf.Tensor, ds: tf.data.Dataset,
              skip: tf.Tensor | int = 0) -> tf.data.Dataset:
@@ -248,13 +361,20 @@ class TrainIterator:
       stream = self._stream
       built_min = getattr(stream.builder.builder_config, "min_frames", 0) or 0
       if built_min >= stream.sampler.min_frames:  # every stored clip is usable
-        count = stream.builder.info.splits[stream.split].num_examples
+        count = (stream.builder.info.splits[stream.split].num_examples
+                 - stream.records_lost)
       else:  # count the long-enough clips, reading only their frame counts
-        lengths = stream.builder.as_dataset(
-            split=stream.split, decoders=tfds.decode.PartialDecoding(
-                {"num_frames": True}))
-        count = int(lengths.reduce(np.int64(0), lambda n, ex: n + tf.cast(
-            ex["num_frames"] >= stream.sampler.min_frames, tf.int64)).numpy())
+        while True:
+          lengths = stream.builder.as_dataset(
+              split=stream.read_split, decoders=tfds.decode.PartialDecoding(
+                  {"num_frames": True}))
+          try:
+            count = int(lengths.reduce(np.int64(0), lambda n, ex: n + tf.cast(
+                ex["num_frames"] >= stream.sampler.min_frames,
+                tf.int64)).numpy())
+            break
+          except READ_ERRORS as e:
+            stream.recover(e)
       if count == 0:
         raise ValueError(f"no example of {stream.split} has at least "
                          f"{stream.sampler.min_frames} frames")
@@ -282,22 +402,33 @@ class TrainIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    if self._iterator is None:
-      self._iterator = self._build()
-    batch = next(self._iterator)
+    while True:
+      if self._iterator is None:
+        self._iterator = self._build()
+      try:
+        batch = next(self._iterator)
+        break
+      except READ_ERRORS as e:
+        self._stream.recover(e)  # Raises, or skips the damaged shards.
+        self._iterator, self._num_examples = None, None
     self._batches += 1
     return batch
 
   def get_state(self) -> dict[str, Any]:
     """JSON-able position: resuming from it yields the next batch, not the first."""
     s = self._stream
+    # The whole split's name and the host count, not this host's part: every
+    # host consumes the same number of batches, so one position (process 0's,
+    # in the checkpoint) resumes them all.
     return {"version": _STATE_VERSION, "batches": self._batches, "seed": s.seed,
-            "view": s.view, "split": s.split, "batch_size": s.batch_size}
+            "view": s.view, "split": s.full_split, "batch_size": s.batch_size,
+            "process_count": s.process_count}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    """Moves to a position from `get_state` (same seed, view, split and batch)."""
+    """Moves to a position from `get_state` (same seed, view, split, batch, hosts)."""
     mine = self.get_state()
-    for key in ("version", "seed", "view", "split", "batch_size"):
+    for key in ("version", "seed", "view", "split", "process_count",
+                "batch_size"):
       if state.get(key) != mine[key]:
         raise ValueError(f"iterator state {key}={state.get(key)!r} does not match "
                          f"this pipeline's {mine[key]!r}")
@@ -316,7 +447,8 @@ def make_train_iterator(builder, view: str, *, split: str = "train",
                         process_index: int | None = None,
                         process_count: int | None = None,
                         state: dict[str, Any] | None = None,
-                        with_ids: bool = False) -> TrainIterator:
+                        with_ids: bool = False,
+                        skip_corrupt_shards: bool = False) -> TrainIterator:
   """The training view `view` ('atnet' | 'vgnet') of a built dataset.
 
   Args:
@@ -337,6 +469,8 @@ def make_train_iterator(builder, view: str, *, split: str = "train",
       jax.process_index(), jax.process_count()).
     state: a position from `get_state()` to resume from.
     with_ids: also return 'clip_id' and the sampled indices (tests, debugging).
+    skip_corrupt_shards: on a damaged TFRecord shard, log it with the records
+      lost and go on without it (default: raise InputError naming it).
   """
   if view == "atnet" and pca is None:
     pca = load_dataset_pca(builder)
@@ -344,7 +478,8 @@ def make_train_iterator(builder, view: str, *, split: str = "train",
                    seed=seed, num_target_frames=num_target_frames, pca=pca,
                    image_size=image_size, landmark_scale=landmark_scale,
                    example_range=example_range, process_index=process_index,
-                   process_count=process_count, with_ids=with_ids)
+                   process_count=process_count, with_ids=with_ids,
+                   skip_corrupt_shards=skip_corrupt_shards)
   iterator = TrainIterator(stream, shuffle_buffer, prefetch)
   if state is not None:
     iterator.set_state(state)
@@ -369,14 +504,25 @@ class EvalData:
     self.num_batches = -(-max(counts) // stream.batch_size)
     self._host_total = self.num_batches * stream.batch_size
 
-  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+  def _batches(self, skip: int) -> Iterator[dict[str, np.ndarray]]:
     stream = self._stream
     real = stream.sample(tf.constant(0, tf.int64), stream.base).map(
         lambda ex: {**ex, "mask": tf.constant(True)})
     pad = real.map(lambda ex: {**ex, "mask": tf.constant(False)}).repeat()
     ds = real.concatenate(pad).take(self._host_total)
-    ds = ds.batch(stream.batch_size, drop_remainder=True).prefetch(2)
-    return ds.as_numpy_iterator()
+    ds = ds.batch(stream.batch_size, drop_remainder=True).skip(skip)
+    return ds.prefetch(2).as_numpy_iterator()
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    done = 0
+    while True:
+      try:
+        for batch in self._batches(done):
+          yield batch
+          done += 1
+        return
+      except READ_ERRORS as e:
+        self._stream.recover(e)  # Raises, or skips the damaged shards.
 
   def __len__(self) -> int:
     return self.num_batches
@@ -391,7 +537,8 @@ def make_eval_data(builder, view: str, *, split: str = "test",
                    example_range: tuple[int, int] = EXAMPLE_RANGE,
                    process_index: int | None = None,
                    process_count: int | None = None,
-                   with_ids: bool = False) -> EvalData:
+                   with_ids: bool = False,
+                   skip_corrupt_shards: bool = False) -> EvalData:
   """The eval view of a split; arguments as `make_train_iterator`.
 
   Batches carry 'mask' (B,) bool: False on padding (repeated examples) that fills
@@ -403,5 +550,6 @@ def make_eval_data(builder, view: str, *, split: str = "test",
                    seed=seed, num_target_frames=num_target_frames, pca=pca,
                    image_size=image_size, landmark_scale=landmark_scale,
                    example_range=example_range, process_index=process_index,
-                   process_count=process_count, with_ids=with_ids)
+                   process_count=process_count, with_ids=with_ids,
+                   skip_corrupt_shards=skip_corrupt_shards)
   return EvalData(stream)

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from hcmtfg import checkpointing
+from hcmtfg import faults
 from hcmtfg import sharding
 
 PyTree = Any
@@ -338,6 +339,7 @@ def run_train_loop(
     fetch()  # The previous step's metrics, while this step runs.
     step += 1
     pending = (step, metrics)
+    faults.at('train_step', step)  # Tests only: a kill while the step runs.
     if step % log_every == 0 or step == num_steps:
       fetch()
       write(step, {k: v / num_summed for k, v in sums.items()})

@@ -1,7 +1,8 @@
 """One training run of either stage, as `launch.train` starts it.
 
 `train(config, workdir)` does, in order:
-  1. checks that `workdir` (local or a gs:// path) is writable;
+  1. checks that `workdir` (local or a gs:// path) is writable and locks it
+     against a second trainer (`hcmtfg.locking`; local workdirs);
   2. finds the dataset (`config.data`), building it first when it is missing
      and `config.data.build_if_missing` (process 0 builds, the others wait and
      build only if they cannot see its result, e.g. on a per-host disk);
@@ -9,8 +10,9 @@
      `<workdir>/landmark_pca.npz` (the landmark PCA of the data), atomically
      (`hcmtfg.workdir`);
   4. builds the mesh over every device of every host, the state initialiser
-     (from `config.init_from` weights when set), the jitted steps and the
-     train/eval input pipelines (the train iterator resumes its position);
+     (from `config.init_from` weights when set; a local workdir must have room
+     for two checkpoints of it), the jitted steps and the train/eval input
+     pipelines (the train iterator resumes its position);
   5. runs `hcmtfg.train_state.fit` (restore or init, train, checkpoint, eval,
      preemption) with TensorBoard summaries in `<workdir>/tensorboard`: train
      and eval metrics, learning rate, steps/s, examples/s, and at every eval
@@ -36,6 +38,7 @@ import tensorflow as tf
 from hcmtfg import init_from
 from hcmtfg import input_pipeline
 from hcmtfg import landmarks as landmarks_lib
+from hcmtfg import locking
 from hcmtfg import sharding
 from hcmtfg import summaries
 from hcmtfg import train_atnet
@@ -119,44 +122,9 @@ def _pipeline_args(config: ml_collections.ConfigDict,
   image_size = config.data.get('image_size')
   return dict(seed=config.seed,
               num_target_frames=config.data.num_target_frames, pca=pca,
-              image_size=None if image_size in (None, 128) else image_size)
-
-
-class _SharedPosition:
-  """A train iterator whose position is the same JSON dict on every host.
-
-  The checkpoint keeps one iterator position, process 0's, and every host
-  resumes from it. `input_pipeline.TrainIterator` positions name the host's own
-  part of the split (a `tfds.even_splits` object on several processes, which
-  JSON cannot hold either); this stores the whole split's name and the process
-  count instead, and maps them back to this host's part when resuming. All
-  hosts consume the same number of batches, so the rest is shared.
-  """
-
-  def __init__(self, iterator: input_pipeline.TrainIterator, split: str):
-    self._iterator = iterator
-    self._split = split
-    self._host_split = iterator.get_state()['split']
-
-  def __iter__(self) -> _SharedPosition:
-    return self
-
-  def __next__(self):
-    return next(self._iterator)
-
-  def get_state(self) -> dict[str, Any]:
-    return dict(self._iterator.get_state(), split=self._split,
-                process_count=jax.process_count())
-
-  def set_state(self, position: dict[str, Any]) -> None:
-    position = dict(position)
-    count = position.pop('process_count', 1)
-    if position.get('split') != self._split or count != jax.process_count():
-      raise ValueError(
-          f'the checkpoint\'s input position ({position.get("split")!r} over '
-          f'{count} processes) does not match this run ({self._split!r} over '
-          f'{jax.process_count()} processes)')
-    self._iterator.set_state(dict(position, split=self._host_split))
+              image_size=None if image_size in (None, 128) else image_size,
+              skip_corrupt_shards=bool(config.data.get('skip_corrupt_shards',
+                                                       False)))
 
 
 # ----------------------------------------------------------------------------
@@ -189,6 +157,13 @@ def _vgnet_predict(state: ts.TrainState, batch, config) -> dict[str, jax.Array]:
       x['example_lmark'].astype(dtype), train=False)
   fields = ('frames', 'attention', 'colour', 'lmark_attention')
   return {**{f: getattr(out, f).astype(jnp.float32) for f in fields}, **x}
+
+
+def _state_bytes(init_fn) -> int:
+  """Bytes of the train state `init_fn` builds (traced, not run)."""
+  eval_shape = getattr(init_fn, 'eval_shape', None)
+  abstract = eval_shape() if eval_shape else jax.eval_shape(init_fn)
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
 
 
 def _stage(config: ml_collections.ConfigDict):
@@ -252,8 +227,19 @@ def train(config: ml_collections.ConfigDict,
   if not workdir_lib.is_remote(workdir):
     workdir = os.path.expanduser(workdir)
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; keep GPUs for JAX
-  trainer, predict, make_images = _stage(config)
+  _stage(config)  # Fails early on a bad config.stage.
   workdir_lib.check_writable(workdir)
+  lock = locking.lock_workdir(workdir, jax.process_index())
+  try:
+    return _train(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
+  """`train` once the workdir is checked and locked."""
+  trainer, predict, make_images = _stage(config)
   builder = prepare_dataset(config.data)
   pca = resolve_pca(config.data, builder)
   if config.stage == 'atnet' and pca is None:
@@ -273,6 +259,9 @@ def train(config: ml_collections.ConfigDict,
   init_fn = init_from.maybe_wrap(
       trainer.make_init_fn(config, jax.random.PRNGKey(config.seed), mesh,
                            **options), config, mesh)
+  workdir_lib.check_free_space(
+      workdir, _state_bytes(init_fn),
+      f'a checkpoint of this {config.stage} state')
 
   writer = summaries.SummaryWriter(workdir)
   writer.text(0, 'config', '```\n' + config.to_json_best_effort(indent=2)
@@ -290,14 +279,11 @@ def train(config: ml_collections.ConfigDict,
   view = config.stage
 
   def make_train_iter(position: dict[str, Any] | None) -> Iterator[Any]:
-    iterator = _SharedPosition(input_pipeline.make_train_iterator(
+    return input_pipeline.make_train_iterator(
         builder, view, split=config.data.train_split,
         global_batch_size=config.batch_size,
-        shuffle_buffer=config.data.shuffle_buffer, **args),
-                               config.data.train_split)
-    if position:
-      iterator.set_state(position)
-    return iterator
+        shuffle_buffer=config.data.shuffle_buffer, state=position or None,
+        **args)
 
   eval_data = input_pipeline.make_eval_data(
       builder, view, split=config.data.eval_split,

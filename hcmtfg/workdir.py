@@ -4,6 +4,9 @@
   <workdir>/landmark_pca.npz   the landmark PCA of the training data
                                (`hcmtfg.landmarks.save_pca` format)
 
+and the checks before a run starts: the workdir is writable and (local disks)
+has room for checkpoints.
+
 Paths may be local or remote (gs://...): everything goes through tf.io.gfile,
 written to a temporary name and renamed.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -47,6 +51,27 @@ def check_writable(workdir: str) -> None:
     tf.io.gfile.remove(probe)
   except (OSError, tf.errors.OpError) as e:
     raise InputError(workdir, f'workdir is not writable: {e}') from e
+
+
+def check_free_space(workdir: str, checkpoint_bytes: int,
+                     what: str = 'a checkpoint') -> None:
+  """Refuses to start when a local workdir cannot hold two more checkpoints.
+
+  A save needs room for the new step beside the kept ones (the oldest is
+  deleted only after the new one is committed); this asks for twice that,
+  plus 64 MiB for summaries. Remote workdirs are not checked.
+
+  Raises:
+    InputError: naming the workdir, the free and the needed space.
+  """
+  if is_remote(workdir):
+    return
+  free = shutil.disk_usage(workdir).free
+  needed = 2 * int(checkpoint_bytes) + (64 << 20)
+  if free < needed:
+    raise InputError(workdir, f'only {free / 2**20:.0f} MiB free on its disk; '
+                     f'{what} takes about {checkpoint_bytes / 2**20:.0f} MiB '
+                     f'and training needs at least {needed / 2**20:.0f} MiB')
 
 
 def _write_atomically(path: str, write: Callable[[str], None]) -> None:

@@ -16,7 +16,8 @@ long as the audio (+- 1 frame): 128x128 face crops, or the whole photo with the
 face composited back (--paste_back). --save_intermediates also writes
 OUTPUT_intermediates.mp4: predicted landmarks | attention | colour | result.
 Outputs are written atomically, so a batch can be re-run after an interruption:
-rows whose outputs exist are skipped (--overwrite redoes them). A bad row (no
+rows whose outputs exist are skipped (--overwrite redoes them) and the hidden
+partial files of a killed run are removed. A bad row (no
 face, unreadable photo or audio, ...) is reported and the others still run;
 the exit code is 1 if any row failed.
 
@@ -32,6 +33,7 @@ import contextlib
 import csv
 import dataclasses
 import os
+import re
 import sys
 import time
 
@@ -42,6 +44,7 @@ from absl import logging
 from hcmtfg import align
 from hcmtfg import audio as audio_lib
 from hcmtfg import compose
+from hcmtfg import faults
 from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import video as video_lib
@@ -78,6 +81,8 @@ _CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", generate.CHUNK_FRAMES,
                                      "Frames per network call (memory bound).")
 _MIN_FACE = flags.DEFINE_integer("min_face_size", generate.MIN_FACE_SIZE,
                                  "Smallest face box height accepted, pixels.")
+_VIDEOS_STARTED = 0  # videos this process began (fault-injection tests).
+
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Batch mode: regenerate "
                                "outputs that already exist (single mode always "
                                "writes).")
@@ -157,6 +162,30 @@ def is_complete(job: Job, options: Options) -> bool:
   return True
 
 
+def remove_partial_outputs(job: Job) -> list[str]:
+  """Deletes what a killed run left of a job's outputs (hidden *.partial files).
+
+  `video.VideoWriter` writes `.<stem>.<8 hex>.partial<ext>` beside the output
+  and renames it when complete; a killed process leaves it behind.
+
+  Returns:
+    The files removed.
+  """
+  removed = []
+  for output in (job.output, intermediates_path(job.output)):
+    folder, name = os.path.split(os.path.abspath(output))
+    stem, ext = os.path.splitext(name)
+    pattern = re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{8}}\.partial"
+                         rf"{re.escape(ext or '.mp4')}")
+    if not os.path.isdir(folder):
+      continue
+    for entry in os.listdir(folder):
+      if pattern.fullmatch(entry):
+        os.remove(os.path.join(folder, entry))
+        removed.append(os.path.join(folder, entry))
+  return removed
+
+
 def run_one(generator: generate.Generator, analyzer, job: Job, options: Options,
             templates=None, shape_model=None) -> dict[str, float]:
   """Generates one video; returns {'frames', 'seconds'}. Raises InputError."""
@@ -183,10 +212,13 @@ def run_one(generator: generate.Generator, analyzer, job: Job, options: Options,
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       bar = stack.enter_context(tqdm(total=total, unit="frame",
                                      desc=os.path.basename(job.output)))
+    global _VIDEOS_STARTED
+    _VIDEOS_STARTED += 1
     for chunk in generate.generate_chunks(
         generator, photo, speech, chunk_frames=options.chunk_frames,
         release_coef_scaling=options.release_coef_scaling):
       writer.write(paster(chunk.frames) if paster else chunk.frames)
+      faults.at("video_write", _VIDEOS_STARTED)  # Tests only: a kill mid-video.
       if side is not None:
         side.write(compose.intermediates_frames(
             photo.crop, photo.landmarks_to_crop(chunk.landmarks),
@@ -228,6 +260,10 @@ def run(options: Options) -> int:
       skipped += 1
       logging.info("%s: %s exists, skipped", where, job.output)
       continue
+    if options.pairs:
+      for partial in remove_partial_outputs(job):
+        logging.info("%s: removed %s, left by an interrupted run", where,
+                     partial)
     try:
       info = run_one(generator, analyzer, job, options, templates, shape_model)
       done += 1

@@ -5,7 +5,8 @@ r"""Trains AT-net or VG-net (the stage is chosen by the config).
       --config.optim.learning_rate=1e-4
 
 Running the same command again resumes from the newest checkpoint in the
-workdir. The workdir receives checkpoints/, tensorboard/ (view with
+workdir (a corrupt newest checkpoint is reported and the previous one used). A
+second trainer on the same workdir is refused while the first one lives. The workdir receives checkpoints/, tensorboard/ (view with
 `tensorboard --logdir=WORKDIR`), config.json and landmark_pca.npz. Config
 variants and their commands are in the docstrings of configs/atnet.py and
 configs/vgnet.py.
@@ -23,6 +24,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from hcmtfg import checkpointing
 from hcmtfg import sharding
 from hcmtfg import summaries
 from hcmtfg import training
@@ -61,7 +63,9 @@ def main(argv):
                jax.process_count(), jax.local_device_count())
   try:
     training.train(_CONFIG.value, _WORKDIR.value)
-  except InputError as e:
+  except (InputError, checkpointing.CheckpointError) as e:
+    # Bad input, a second trainer on the workdir, no restorable checkpoint,
+    # a failed save (disk full): one clear line, exit code 1.
     raise SystemExit(f'error: {e}') from e
 
 

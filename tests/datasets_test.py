@@ -303,3 +303,26 @@ def test_voxceleb2_layout_via_the_command_line(root, corpus_clips, tmp_path):
 def test_missing_manual_data_says_where_to_get_it(tmp_path):
   with pytest.raises(Exception, match="lipread_mp4"):
     build.build_dataset("lrw", tmp_path / "tfds", manual_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_tfds_cli_builds_and_the_pipeline_reads_it(tmp_path, root):
+  # TFDS's own command line (it needs mlcroissant) drives the same builder.
+  tfds_cli = pathlib.Path(sys.executable).parent / "tfds"
+  data_dir = tmp_path / "cli"
+  env = dict(os.environ, PYTHONPATH=os.fspath(REPO_ROOT))
+  done = subprocess.run(
+      [os.fspath(tfds_cli), "build", "synthetic_talking_faces",
+       "--imports=data_pipelines", "--config=tiny", f"--data_dir={data_dir}",
+       f"--download_dir={root / 'downloads'}", "--max_examples_per_split=3"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  builder = tfds.builder("synthetic_talking_faces/tiny", data_dir=os.fspath(data_dir))
+  assert builder.is_prepared()
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {
+      "train": 3, "validation": 2, "test": 2}
+  batch = next(input_pipeline.make_train_iterator(
+      builder, "atnet", global_batch_size=2, process_index=0, process_count=1))
+  assert batch["target_coef"].shape[0] == 2 and np.isfinite(
+      batch["target_coef"]).all()

@@ -140,6 +140,26 @@ def test_epochs_cover_every_clip_once(tiny, clips):
   assert list(epoch0) != list(epoch1)  # reshuffled each epoch
 
 
+def test_position_is_json_and_the_same_on_every_host(tiny):
+  hosts = [_iterator(tiny, "vgnet", seed=4, global_batch_size=4,
+                     process_index=i, process_count=2) for i in range(2)]
+  for it in hosts:
+    _take(it, 3)
+  states = [json.loads(json.dumps(it.get_state())) for it in hosts]
+  assert states[0] == states[1]
+  assert states[0]["split"] == "train" and states[0]["process_count"] == 2
+  # Host 1 resumes from process 0's position (the one a checkpoint keeps) and
+  # continues exactly as its uninterrupted self.
+  resumed = _iterator(tiny, "vgnet", seed=4, global_batch_size=4,
+                      process_index=1, process_count=2, state=states[0])
+  expected, got = next(hosts[1]), next(resumed)
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+  with pytest.raises(ValueError, match="process_count"):
+    _iterator(tiny, "vgnet", seed=4, global_batch_size=4, process_index=0,
+              process_count=1, state=states[0])
+
+
 def test_two_hosts_read_disjoint_parts_covering_the_split(tiny, clips):
   per_host = []
   for index in range(2):
