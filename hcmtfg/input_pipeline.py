@@ -45,10 +45,7 @@ Batches are host-local numpy dicts with B = global_batch_size / process_count;
 
 from __future__ import annotations
 
-import functools
-import operator
 import os
-import re
 from typing import Any, Iterator
 
 from absl import logging
@@ -57,6 +54,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from hcmtfg import landmarks as landmarks_lib
+from hcmtfg import shards
 from hcmtfg.errors import InputError
 
 PCA_FILENAME = "landmark_pca.npz"
@@ -66,7 +64,6 @@ MFCC_ROWS_PER_FRAME = 4
 MFCC_WINDOW_ROWS = 28
 _STATE_VERSION = 2
 # What tf.data raises on a damaged or vanished TFRecord file (without naming it).
-READ_ERRORS = (tf.errors.DataLossError, tf.errors.NotFoundError)
 
 
 def dataset_pca_path(builder: tfds.core.DatasetBuilder) -> str:
@@ -200,61 +197,6 @@ def _read(builder, split: str, view: str) -> tf.data.Dataset:
                             read_config=tfds.ReadConfig(add_tfds_id=False))
 
 
-def _file_instructions(builder, split) -> list[Any]:
-  return list(builder.info.splits[split].file_instructions)
-
-
-def find_damaged_shards(builder, split) -> dict[str, tuple[int, int, str]]:
-  """Reads every TFRecord file of `split` through, checking each record's CRC.
-
-  Returns:
-    path -> (records readable before the damage, records the dataset info
-    gives the shard, what is wrong), for each damaged or missing file.
-  """
-  damaged = {}
-  for path in dict.fromkeys(fi.filename for fi in
-                            _file_instructions(builder, split)):
-    expected = next(fi.examples_in_shard for fi in
-                    _file_instructions(builder, split) if fi.filename == path)
-    count = 0
-    try:
-      for _ in tf.data.TFRecordDataset(path, buffer_size=1 << 22):
-        count += 1
-    except READ_ERRORS as e:
-      message = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message).strip()
-      damaged[path] = (count, expected, message.splitlines()[0])
-      continue
-    if count != expected:
-      damaged[path] = (count, expected, f"{count} records, {expected} expected")
-  return damaged
-
-
-def _split_without(builder, split, dropped: set[str]):
-  """`split` less the examples of the files in `dropped` (a ReadInstruction)."""
-  where = {}  # file name -> (split name, first example of the file in it)
-  for name, info in builder.info.splits.items():
-    start = 0
-    for filename, length in zip(info.filenames, info.shard_lengths):
-      where[filename] = (name, start)
-      start += length
-  ranges = []
-  for fi in _file_instructions(builder, split):
-    if fi.filename in dropped:
-      continue
-    name, first = where[os.path.basename(fi.filename)]
-    start = first + fi.skip
-    if ranges and ranges[-1][0] == name and ranges[-1][2] == start:
-      ranges[-1][2] = start + fi.take
-    else:
-      ranges.append([name, start, start + fi.take])
-  if not ranges:
-    raise InputError(os.fspath(builder.data_dir),
-                     f"every shard of split {split} is damaged")
-  return functools.reduce(operator.add, [
-      tfds.core.ReadInstruction(name, from_=a, to=b, unit="abs")
-      for name, a, b in ranges])
-
-
 class _Stream:
   """Shared set-up of the training and eval views for one host."""
 
@@ -297,7 +239,7 @@ class _Stream:
       InputError: naming the damaged file (unless skipping shards).
       error: itself, when no shard of the split is found damaged.
     """
-    damaged = {path: v for path, v in find_damaged_shards(
+    damaged = {path: v for path, v in shards.find_damaged_shards(
         self.builder, self.split).items() if path not in self.dropped}
     if not damaged:
       raise error
@@ -309,7 +251,7 @@ class _Stream:
                        f"of its {total} records readable){more}. Rebuild the "
                        "dataset, or skip damaged shards (skip_corrupt_shards, "
                        "--config.data.skip_corrupt_shards=True)") from error
-    takes = {fi.filename: fi.take for fi in _file_instructions(self.builder,
+    takes = {fi.filename: fi.take for fi in shards.file_instructions(self.builder,
                                                                self.split)}
     for path, (readable, total, problem) in sorted(damaged.items()):
       self.dropped[path] = takes[path]
@@ -318,7 +260,7 @@ class _Stream:
                       problem, takes[path], readable, total)
     logging.warning("input: %d records lost in %d skipped shard(s) of %s",
                     self.records_lost, len(self.dropped), self.full_split)
-    self.read_split = _split_without(self.builder, self.split,
+    self.read_split = shards.split_without(self.builder, self.split,
                                      set(self.dropped))
     self.base = self._filtered(_read(self.builder, self.read_split, self.view))
 
@@ -373,7 +315,7 @@ class TrainIterator:
                 ex["num_frames"] >= stream.sampler.min_frames,
                 tf.int64)).numpy())
             break
-          except READ_ERRORS as e:
+          except shards.READ_ERRORS as e:
             stream.recover(e)
       if count == 0:
         raise ValueError(f"no example of {stream.split} has at least "
@@ -408,7 +350,7 @@ class TrainIterator:
       try:
         batch = next(self._iterator)
         break
-      except READ_ERRORS as e:
+      except shards.READ_ERRORS as e:
         self._stream.recover(e)  # Raises, or skips the damaged shards.
         self._iterator, self._num_examples = None, None
     self._batches += 1
@@ -521,7 +463,7 @@ class EvalData:
           yield batch
           done += 1
         return
-      except READ_ERRORS as e:
+      except shards.READ_ERRORS as e:
         self._stream.recover(e)  # Raises, or skips the damaged shards.
 
   def __len__(self) -> int:
