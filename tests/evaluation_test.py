@@ -15,19 +15,17 @@ import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from data_pipelines import build
 from hcmtfg import audio as audio_lib
-from hcmtfg import checkpointing
 from hcmtfg import evaluation
 from hcmtfg import generate
 from hcmtfg import input_pipeline
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import models
-from hcmtfg import train_state as ts
 from launch import evaluate as cli
+from tests import generate_test
 
 NUM_CLIPS = 10  # as datasets_test.py / launch_train_test.py: one shared build
 ATNET = dict(base_width=4, lmark_features=[8, 16], audio_features=[32, 8],
@@ -50,40 +48,6 @@ def builder(tiny_data):
   return cli.load_builder("synthetic_talking_faces", str(tiny_data), "tiny")
 
 
-def _lively_variables(module, seed: int) -> dict:
-  """Random variables whose outputs depend visibly on every input."""
-  shapes = jax.eval_shape(lambda: module.init(
-      jax.random.key(0), *module.dummy_inputs(), train=False))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, x):
-    name = path[-1].key
-    if path[0].key == "batch_stats":
-      values = (rng.uniform(0.5, 1.5, x.shape) if name == "var"
-                else rng.normal(0, 0.1, x.shape))
-    elif name == "scale":
-      values = rng.uniform(0.8, 1.2, x.shape)
-    elif len(x.shape) == 1:
-      values = rng.normal(0, 0.1, x.shape)
-    else:
-      values = rng.normal(0, 1, x.shape) / np.sqrt(np.prod(x.shape[:-1]))
-    return values.astype(np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-def _write_workdir(workdir: pathlib.Path, variables: dict, config: dict,
-                   pca) -> None:
-  state = ts.TrainState(step=jnp.array(5, jnp.int32), rng=jax.random.PRNGKey(0),
-                        g=ts.NetState.create(optax.adam(1e-3), variables))
-  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints",
-                                            async_save=False)
-  checkpointer.save(5, state, {"epoch": 0}, force=True)
-  checkpointer.close()
-  (workdir / "config.json").write_text(json.dumps(config))
-  landmarks_lib.save_pca(workdir / "landmark_pca.npz", pca)
-
-
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory, builder, tiny_data):
   root = tmp_path_factory.mktemp("eval_nets")
@@ -91,16 +55,17 @@ def workdirs(tmp_path_factory, builder, tiny_data):
   data = {"name": "synthetic_talking_faces", "config": "tiny",
           "data_dir": str(tiny_data)}
   atnet, vgnet = models.ATNet.from_config(ATNET), models.VGNet.from_config(VGNET)
-  _write_workdir(root / "atnet", _lively_variables(atnet, 0),
-                 {"model": ATNET, "data": data}, pca)
-  vg_vars = _lively_variables(vgnet, 1)
+  generate_test.write_training_workdir(root / "atnet", "atnet",
+                                      generate_test.random_variables(atnet, 0),
+                                      {"model": ATNET, "data": data}, pca)
+  vg_vars = generate_test.random_variables(vgnet, 1)
   # Landmark motion is small (~0.05): amplify it, and let the colour map (not
   # the example image) dominate, so frames follow the landmarks visibly.
   vg_vars["params"]["landmark_encoder"]["kernel"] *= 50.0
   vg_vars["params"]["generator_attention"]["bias"][:] = 2.0
-  _write_workdir(root / "vgnet", vg_vars,
-                 {"model": {"generator": VGNET, "discriminator": {}},
-                  "data": data}, pca)
+  generate_test.write_training_workdir(
+      root / "vgnet", "vgnet", vg_vars,
+      {"model": {"generator": VGNET, "discriminator": {}}, "data": data}, pca)
   return root / "atnet", root / "vgnet"
 
 
