@@ -69,6 +69,9 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   # A landmark PCA file copied into the workdir (VG-net itself does not use
   # it); None = the dataset's.
   c.data.pca_path = config_dict.placeholder(str)
+  # On a damaged TFRecord shard: False stops naming the file; True logs it
+  # with the number of records lost and trains on without it.
+  c.data.skip_corrupt_shards = False
 
   c.batch_size = 10  # Global batch of clips (all hosts); release 10.
   c.eval_batch_size = 10  # Global eval batch.
@@ -107,6 +110,9 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   # True: the release's G step feeds D a detached fake (no adversarial or
   # landmark gradient reaches G); False: the paper's intent.
   c.loss.release_detached_gan = False
+  # True: one generator forward per GAN step (its vjp reused for the G step;
+  # ~1/3 less work); False: the release's two forwards.
+  c.loss.fused_gan_step = False
 
   c.optim = ml_collections.ConfigDict()  # Adam for G and D, as the release.
   c.optim.learning_rate = 2e-4  # Constant learning rate.

@@ -48,6 +48,7 @@ from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import photo as photo_lib
 from hcmtfg import streaming
 from hcmtfg import video as video_lib
+from hcmtfg.models import at_net
 from hcmtfg.errors import InputError
 
 # The photo step is part of this API (defined in hcmtfg.photo).
@@ -67,10 +68,22 @@ _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000,
 TRACE_COUNTS = collections.Counter()
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _atnet_step(module, variables, carry, example_coef_1xk, mfcc_1xCx28x12):
+def _atnet_chunk(module, variables, carry, example_coef_1xk, mfcc_1xCx28x12):
   TRACE_COUNTS["atnet"] += 1
   return streaming.atnet_chunk(module, variables, carry, example_coef_1xk,
+                               mfcc_1xCx28x12)
+
+
+@functools.cache
+def _jitted_atnet_chunk():
+  # Built on first use: the options depend on the backend.
+  return jax.jit(_atnet_chunk, static_argnums=(0,),
+                 compiler_options=at_net.compiler_options())
+
+
+def _atnet_step(module, variables, carry, example_coef_1xk, mfcc_1xCx28x12):
+  """AT-net on one chunk, jitted once per (module, chunk length)."""
+  return _jitted_atnet_chunk()(module, variables, carry, example_coef_1xk,
                                mfcc_1xCx28x12)
 
 

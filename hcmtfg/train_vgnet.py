@@ -11,7 +11,14 @@ One train step does what the release does per iteration:
      BCE(D(fake), 1) [+ masked landmark loss of D on fake] + pixel_weight ·
      pixel loss; Adam update of G.
 The generator's BatchNorm statistics are updated by both of its forwards
-(#1 then #2), as in the release. The bracketed terms exist only with the
+(#1 then #2), as in the release.
+
+`loss.fused_gan_step=True` runs the generator once: forward #1 keeps its vjp,
+the D step is unchanged (bit-identical D update), and the G loss of forward
+#1's output, judged by the updated D, is backpropagated through that vjp. G
+then sees forward #1's dropout mask and BatchNorm statistics (updated once per
+step, not twice). About a third less work per step; default off (the
+release's two forwards). The bracketed terms exist only with the
 regression discriminator (`model.regress_landmarks`).
 
 Release quirk: its G step feeds `fake.detach()` to D, so there the adversarial
@@ -30,6 +37,7 @@ Config fields read here (an `ml_collections.ConfigDict`):
   loss.pixel_weight       10.0
   loss.mouth_weight       100.0, landmark-loss weight on mouth y-coordinates
   loss.release_detached_gan  False (see above)
+  loss.fused_gan_step     False: one generator forward per step (see above)
   optim.learning_rate, optim.b1, optim.b2 (shared by G and D)
   plus the loop fields of `hcmtfg.train_state.fit`.
 
@@ -107,12 +115,12 @@ def _inputs(batch: Batch, dtype) -> dict[str, jax.Array]:
   return {k: v.astype(dtype) for k, v in batch.items()}
 
 
-def _pixel_loss(config: ml_collections.ConfigDict, out: vg_net.VGNetOutput,
-                real: jax.Array) -> jax.Array:
+def _pixel_loss(config: ml_collections.ConfigDict, frames: jax.Array,
+                attention: jax.Array, real: jax.Array) -> jax.Array:
   if config.loss.pixel == 'dynamic':
-    return losses.dynamic_pixel_loss(out.frames, real, out.attention)
+    return losses.dynamic_pixel_loss(frames, real, attention)
   if config.loss.pixel == 'l1':
-    return losses.l1_loss(out.frames, real)
+    return losses.l1_loss(frames, real)
   raise ValueError(f"config.loss.pixel must be 'dynamic' or 'l1', "
                    f'got {config.loss.pixel!r}')
 
@@ -155,9 +163,20 @@ def train_step(state: ts.TrainState, batch: Batch,
         frames, x['example_lmark'], train=True, mutable=['batch_stats'])
     return out, updates['batch_stats']
 
-  # Generator forward #1; its frames are constants for the D step.
-  fake1, g_stats = generate(state.g.params, state.g.batch_stats, g_rng1)
-  fake1_frames = jax.lax.stop_gradient(fake1.frames)
+  # Generator forward #1; its frames are constants for the D step. Fused, its
+  # vjp is kept for the G step instead of running a second forward.
+  fused = bool(config.loss.get('fused_gan_step', False))
+
+  def forward1(g_params):
+    out, stats = generate(g_params, state.g.batch_stats, g_rng1)
+    return (out.frames, out.attention), stats
+
+  if fused:
+    (fake1_frames, fake1_attention), g_vjp, g_stats = jax.vjp(
+        forward1, state.g.params, has_aux=True)
+  else:
+    (fake1_frames, _), g_stats = forward1(state.g.params)
+  fake1_frames = jax.lax.stop_gradient(fake1_frames)
 
   def d_loss_fn(d_params):
     real, stats = discriminate(d_params, state.d.batch_stats, x['target_image'])
@@ -175,23 +194,39 @@ def train_step(state: ts.TrainState, batch: Batch,
       d_loss_fn, has_aux=True)(state.d.params)
   new_d = state.d.apply_gradients(tx, d_grads, d_stats)
 
-  def g_loss_fn(g_params):
-    out, new_g_stats = generate(g_params, g_stats, g_rng2)
-    frames = out.frames
+  def g_loss_of_outputs(frames, attention):
+    """The G loss of generated frames and attention, judged by the new D."""
+    judged_frames = frames
     if config.loss.get('release_detached_gan', False):
-      frames = jax.lax.stop_gradient(frames)
-    judged, new_d_stats = discriminate(new_d.params, new_d.batch_stats, frames)
+      judged_frames = jax.lax.stop_gradient(frames)
+    judged, new_d_stats = discriminate(new_d.params, new_d.batch_stats,
+                                       judged_frames)
     terms = {'g_adv': losses.generator_gan_loss(judged.logit)}
     if regress:
       terms['g_lmark'] = losses.masked_landmark_loss(judged.landmarks,
                                                      target_lmark, mask)
-    terms['g_pixel'] = _pixel_loss(config, out, batch['target_image'])
+    terms['g_pixel'] = _pixel_loss(config, frames, attention,
+                                   batch['target_image'])
     total = (terms['g_adv'] + terms.get('g_lmark', 0.0)
              + config.loss.pixel_weight * terms['g_pixel'])
-    return total, (terms, new_g_stats, new_d_stats)
+    return total, (terms, new_d_stats)
 
-  (g_loss, (g_terms, new_g_stats, new_d_stats)), g_grads = jax.value_and_grad(
-      g_loss_fn, has_aux=True)(state.g.params)
+  if fused:
+    # Backpropagate through forward #1 (its vjp was saved above).
+    (g_loss, (g_terms, new_d_stats)), output_grads = jax.value_and_grad(
+        g_loss_of_outputs, argnums=(0, 1), has_aux=True)(fake1_frames,
+                                                         fake1_attention)
+    g_grads, = g_vjp(output_grads)
+    new_g_stats = g_stats
+  else:
+    def g_loss_fn(g_params):
+      out, new_g_stats = generate(g_params, g_stats, g_rng2)
+      total, (terms, new_d_stats) = g_loss_of_outputs(out.frames,
+                                                      out.attention)
+      return total, (terms, new_g_stats, new_d_stats)
+
+    (g_loss, (g_terms, new_g_stats, new_d_stats)), g_grads = (
+        jax.value_and_grad(g_loss_fn, has_aux=True)(state.g.params))
   new_state = state.replace(
       step=state.step + 1,
       g=state.g.apply_gradients(tx, g_grads, new_g_stats),

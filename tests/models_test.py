@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hcmtfg import models
+from hcmtfg.models import conv_transpose
 from hcmtfg.models import convgru
 from hcmtfg.models import layers
 
@@ -400,3 +401,169 @@ def test_layers_accept_bfloat16_params():
       y = module.apply(variables, inputs, **kwargs, mutable=["batch_stats"],
                        rngs={"dropout": jax.random.key(0)})[0]
       assert bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
+
+
+def test_subpixel_conv_transpose_equals_dilated_convolution():
+  """Inputs of SUBPIXEL_MIN_SIZE rows take the sub-pixel path: same values as
+  the convolution over the stride-dilated input (the small-input path)."""
+  size = conv_transpose.SUBPIXEL_MIN_SIZE
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 2, 5))
+  kernel = jax.random.normal(jax.random.key(1), (3, 3, 5, 7))
+  y = layers.TorchConvTranspose(features=7).apply(
+      {"params": {"kernel": kernel}}, x)
+  expected = jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), ((1, 2), (1, 2)), lhs_dilation=(2, 2),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert y.shape == (2, 2 * size, 2 * size + 4, 7)
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_convgru_initial_state_and_final_state():
+  gru = convgru.ConvGRU(features=6)
+  x = jax.random.normal(jax.random.key(3), (2, 5, 4, 4, 3))
+  params = _random_variables_like(gru, x)
+  out, final = gru.apply(params, x, return_state=True)
+  np.testing.assert_array_equal(final, out[:, -1])
+  # The default skips W_h * h on the first step (h = 0): same as zeros given.
+  np.testing.assert_allclose(
+      gru.apply(params, x, jnp.zeros((2, 4, 4, 6))), out, atol=1e-6)
+  # Two chunks with the state carried = one pass.
+  first, state = gru.apply(params, x[:, :2], return_state=True)
+  second = gru.apply(params, x[:, 2:], state)
+  np.testing.assert_allclose(jnp.concatenate([first, second], 1), out,
+                             atol=1e-6)
+
+
+def test_lstm_carried_state_equals_one_pass():
+  lstm = layers.TorchLSTM(features=4, num_layers=2)
+  x = jax.random.normal(jax.random.key(4), (3, 6, 5))
+  params = lstm.init(jax.random.key(0), x)
+  out, final = lstm.apply(params, x, return_state=True)
+  assert len(final) == 2 and final[1][0].shape == (3, 4)
+  np.testing.assert_array_equal(final[1][0], out[:, -1])
+  first, state = lstm.apply(params, x[:, :4], return_state=True)
+  second = lstm.apply(params, x[:, 4:], state)
+  np.testing.assert_allclose(jnp.concatenate([first, second], 1), out,
+                             atol=1e-6)
+
+
+# ----------------------------------------------------------------------------
+# The fused GAN step (hcmtfg.train_vgnet, loss.fused_gan_step): one generator
+# forward per step instead of the release's two.
+# ----------------------------------------------------------------------------
+
+
+def _gan_config(fused: bool, learning_rate: float = 2e-4):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.compute_dtype = "float32"
+  c.fast_compile = True
+  c.model = ml_collections.ConfigDict(dict(
+      # No dropout: both steps' generator forwards then compute the same.
+      generator=dict(image_size=32, base_width=4, bottleneck_features=8,
+                     convgru_features=8, num_res_blocks=1, dropout_rate=0.0),
+      discriminator=dict(image_size=32, base_width=4, img_features=16,
+                         lmark_features=(16, 16), lstm_features=16,
+                         lstm_layers=1),
+      regress_landmarks=True))
+  c.loss = ml_collections.ConfigDict(dict(
+      pixel="dynamic", pixel_weight=10.0, mouth_weight=100.0,
+      release_detached_gan=False, fused_gan_step=fused))
+  c.optim = ml_collections.ConfigDict(dict(learning_rate=learning_rate,
+                                           b1=0.5, b2=0.999))
+  return c
+
+
+@pytest.fixture(scope="module")
+def gan_steps():
+  """Initial GAN state, a batch, and jitted steps (two-forward and fused)."""
+  from hcmtfg import sharding  # pylint: disable=g-import-not-at-top
+  from hcmtfg import train_vgnet  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(jax.devices()[:1])
+  rs = np.random.RandomState(0)
+  image = rs.uniform(-1, 1, (2, 32, 32, 3))
+  # Targets near the example image: a pixel loss the generator can lower.
+  batch = {"example_image": image,
+           "example_lmark": 0.2 * rs.randn(2, 136),
+           "target_image": image[:, None] + 0.1 * rs.randn(2, 4, 32, 32, 3),
+           "target_lmark": 0.2 * rs.randn(2, 4, 136)}
+  batch = sharding.host_local_to_global(
+      {k: v.astype(np.float32) for k, v in batch.items()}, mesh)
+  steps = {}
+  for fused in (False, True):
+    config = _gan_config(fused, learning_rate=1e-3)
+    steps[fused] = train_vgnet.jit_train_step(config, mesh)
+  state = train_vgnet.make_init_fn(_gan_config(False, 1e-3),
+                                   jax.random.PRNGKey(0), mesh)()
+  return jax.device_get(state), batch, steps, mesh
+
+
+@pytest.mark.slow
+def test_fused_gan_step_updates_d_exactly_like_two_forwards(gan_steps):
+  state, batch, steps, mesh = gan_steps
+  put = lambda s: jax.device_put(s, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec()))
+  (two, m_two), (fused, m_fused) = (steps[f](put(state), batch)
+                                    for f in (False, True))
+  for key in ("train/d_loss", "train/d_prob_real", "train/d_prob_fake"):
+    assert float(m_two[key]) == float(m_fused[key]), key
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(two.d.params),
+               jax.device_get(fused.d.params))
+  jax.tree.map(np.testing.assert_array_equal,
+               jax.device_get(two.d.opt_state), jax.device_get(fused.d.opt_state))
+  # Without dropout both generator forwards compute the same frames, so the
+  # G gradient through forward #1's vjp equals the fresh forward's.
+  assert np.isclose(float(m_two["train/g_loss"]), float(m_fused["train/g_loss"]),
+                    rtol=1e-6)
+  g_before = jax.device_get(state.g.params)
+  jax.tree.map(lambda a, b, c: np.testing.assert_allclose(
+      b - a, c - a, rtol=1e-3, atol=1e-7), g_before,
+               jax.device_get(two.g.params), jax.device_get(fused.g.params))
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(g_before), jax.tree.leaves(jax.device_get(fused.g.params))))
+
+
+@pytest.mark.slow
+def test_fused_gan_step_trains(gan_steps):
+  state, batch, steps, mesh = gan_steps
+  state = jax.device_put(state, jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec()))
+  pixel = []
+  for _ in range(8):
+    state, metrics = steps[True](state, batch)
+    pixel.append(float(metrics["train/g_pixel"]))
+    assert np.isfinite(float(metrics["train/g_loss"]))
+  assert pixel[-1] < 0.97 * pixel[0], pixel
+  assert sum(b < a for a, b in zip(pixel, pixel[1:])) >= 5, pixel
+
+
+@pytest.mark.parametrize("size", [4, conv_transpose.SUBPIXEL_MIN_SIZE])
+def test_conv_transpose_gradients_match_autodiff_of_dilated_conv(size):
+  """The hand-written kernel gradient (one matmul) = autodiff's, both paths."""
+  x = jax.random.normal(jax.random.key(5), (2, size, size, 3))
+  kernel = jax.random.normal(jax.random.key(6), (3, 3, 3, 4))
+  probe = jax.random.normal(jax.random.key(7), (2, 2 * size, 2 * size, 4))
+  deconv = layers.TorchConvTranspose(features=4)
+  ours = jax.grad(lambda v, k: jnp.sum(probe * deconv.apply(
+      {"params": {"kernel": k}}, v)), argnums=(0, 1))(x, kernel)
+  reference = jax.grad(lambda v, k: jnp.sum(probe * jax.lax.conv_general_dilated(
+      v, k, (1, 1), ((1, 2), (1, 2)), lhs_dilation=(2, 2),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))), argnums=(0, 1))(x, kernel)
+  for a, b in zip(ours, reference):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (5, 6)])
+def test_convgru_dilated_conv_equals_lax_dilation(size):
+  """Sub-grid convolutions (H, W multiples of the dilation) and im2col
+  matmuls = lax's dilated convolution."""
+  x = jax.random.normal(jax.random.key(8), (3,) + size + (4,))
+  kernel = jax.random.normal(jax.random.key(9), (3, 3, 4, 5))
+  expected = jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), ((2, 2), (2, 2)), rhs_dilation=(2, 2),
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  # pylint: disable=protected-access
+  for conv in (convgru._same_conv, convgru._matmul_conv):
+    np.testing.assert_allclose(conv(x, kernel, 2), expected, rtol=1e-5,
+                               atol=1e-5)

@@ -5,8 +5,9 @@ Gates as in `torch.nn.GRU`, with convolutions in place of matrix products:
   z = sigmoid(W_iz * x + b_iz + W_hz * h + b_hz)
   n = tanh(W_in * x + b_in + r * (W_hn * h + b_hn))
   h' = n + z * (h - n)
-from a zero initial state. Convolutions are dilated with "same" zero padding
-(the release pads (d(k-1)) // 2 before and (d(k-1) + 1) // 2 after).
+from a zero (or given) initial state. Convolutions are dilated with "same"
+zero padding (the release pads (d(k-1)) // 2 before and (d(k-1) + 1) // 2
+after).
 
 The release feeds (N, T, ...) to a GRU built with batch_first=False, so it
 recurs over the N axis and treats the T frames as a batch; at N=1 there is no
@@ -30,15 +31,49 @@ Array = jax.Array
 
 
 def _same_conv(x: Array, kernel: Array, dilation: int) -> Array:
-  """Stride-1 dilated convolution of x (N, H, W, C) keeping H and W."""
-  span = dilation * (kernel.shape[0] - 1)
-  pad = (span // 2, (span + 1) // 2)
+  """Stride-1 dilated convolution of x (N, H, W, C) keeping H and W.
+
+  With an odd kernel and H, W multiples of the dilation d it runs as an
+  ordinary convolution of each of the d x d interleaved sub-grids (the same
+  sums): XLA's CPU gradients of dilated convolutions are very slow.
+  """
+  k, d = kernel.shape[0], dilation
   dtype = jnp.result_type(x, kernel)
+  x, kernel = x.astype(dtype), kernel.astype(dtype)
+  n, h, w, c = x.shape
+  if d > 1 and k % 2 == 1 and h % d == 0 and w % d == 0:
+    p = (k - 1) // 2
+    grids = x.reshape(n, h // d, d, w // d, d, c).transpose(0, 2, 4, 1, 3, 5)
+    y = lax.conv_general_dilated(
+        grids.reshape(n * d * d, h // d, w // d, c), kernel,
+        window_strides=(1, 1), padding=((p, p), (p, p)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = y.reshape(n, d, d, h // d, w // d, -1).transpose(0, 3, 1, 4, 2, 5)
+    return y.reshape(n, h, w, -1)
+  span = d * (k - 1)
+  pad = (span // 2, (span + 1) // 2)
   return lax.conv_general_dilated(
-      x.astype(dtype), kernel.astype(dtype), window_strides=(1, 1),
-      padding=(pad, pad),
-      rhs_dilation=(dilation, dilation),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x, kernel, window_strides=(1, 1), padding=(pad, pad),
+      rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _matmul_conv(x: Array, kernel: Array, dilation: int) -> Array:
+  """`_same_conv` as one matrix product of the k x k input taps (im2col).
+
+  Used for W_h * h inside the scan, where XLA's CPU convolutions (and
+  above all their gradients) run far below its matrix-product rate.
+  """
+  k, d = kernel.shape[0], dilation
+  dtype = jnp.result_type(x, kernel)
+  n, h, w, c = x.shape
+  span = d * (k - 1)
+  pad = (span // 2, (span + 1) // 2)
+  xp = jnp.pad(x.astype(dtype), ((0, 0), pad, pad, (0, 0)))
+  taps = jnp.concatenate([xp[:, i * d:i * d + h, j * d:j * d + w]
+                          for i in range(k) for j in range(k)], axis=-1)
+  y = taps.reshape(n * h * w, k * k * c) @ kernel.astype(dtype).reshape(
+      k * k * c, -1)
+  return y.reshape(n, h, w, -1)
 
 
 class ConvGRU(nn.Module):
@@ -62,8 +97,20 @@ class ConvGRU(nn.Module):
   over_batch_axis: bool = False
 
   @nn.compact
-  def __call__(self, x_BxTxHxWxC: Array) -> Array:
-    """Returns the hidden state after every step, (B, T, H, W, features)."""
+  def __call__(self, x_BxTxHxWxC: Array, initial_state: Array | None = None,
+               *, return_state: bool = False):
+    """Runs the recurrence.
+
+    Args:
+      x_BxTxHxWxC: input frames (B, T, H, W, C).
+      initial_state: hidden state before the first step, (B, H, W, features)
+        (over time) or (T, H, W, features) (`over_batch_axis`); None = zeros.
+      return_state: also return the state after the last step.
+
+    Returns:
+      The hidden state after every step, (B, T, H, W, features), and with
+      `return_state` the final state (shaped like `initial_state`).
+    """
     k, f = self.kernel_size, self.features
     init = layers.symmetric_uniform(1.0 / math.sqrt(f))
     kernel_ih = self.param("kernel_ih", init, (k, k, x_BxTxHxWxC.shape[-1], 3 * f))
@@ -81,19 +128,34 @@ class ConvGRU(nn.Module):
     gates_x = gates_x.reshape(batch, steps, height, width, 3 * f) + bias_ih
     gates_x_TxBxHxWx3F = jnp.swapaxes(gates_x, 0, 1)
 
-    def step(h_BxHxWxF, gx_BxHxWx3F):
-      gh = _same_conv(h_BxHxWxF, kernel_hh, self.dilation) + bias_hh
+    def update(h_BxHxWxF, gx_BxHxWx3F, gh_BxHxWx3F):
       x_r, x_z, x_n = jnp.split(gx_BxHxWx3F, 3, axis=-1)
-      h_r, h_z, h_n = jnp.split(gh, 3, axis=-1)
+      h_r, h_z, h_n = jnp.split(gh_BxHxWx3F, 3, axis=-1)
       r = jax.nn.sigmoid(x_r + h_r)
       z = jax.nn.sigmoid(x_z + h_z)
       n = jnp.tanh(x_n + r * h_n)
-      h_new = n + z * (h_BxHxWxF - n)
+      return n + z * (h_BxHxWxF - n)
+
+    def step(h_BxHxWxF, gx_BxHxWx3F):
+      gh = _matmul_conv(h_BxHxWxF, kernel_hh, self.dilation) + bias_hh
+      h_new = update(h_BxHxWxF, gx_BxHxWx3F, gh)
       return h_new, h_new
 
-    h0 = jnp.zeros((batch, height, width, f), gates_x.dtype)
-    _, h_TxBxHxWxF = lax.scan(step, h0, gates_x_TxBxHxWx3F)
+    if initial_state is None:
+      # From a zero state W_h * h is exactly zero: skip the first step's
+      # hidden convolution (the only one in the release's mode at B = 1).
+      h0 = jnp.zeros((batch, height, width, f), gates_x.dtype)
+      gh0 = jnp.broadcast_to(bias_hh.astype(gates_x.dtype),
+                             h0.shape[:-1] + (3 * f,))
+      h1 = update(h0, gates_x_TxBxHxWx3F[0], gh0)
+      h_last, rest = lax.scan(step, h1, gates_x_TxBxHxWx3F[1:])
+      h_TxBxHxWxF = jnp.concatenate([h1[None], rest], axis=0)
+    else:
+      h_last, h_TxBxHxWxF = lax.scan(
+          step, initial_state.astype(gates_x.dtype), gates_x_TxBxHxWx3F)
     out = jnp.swapaxes(h_TxBxHxWxF, 0, 1)
     if self.over_batch_axis:
       out = jnp.swapaxes(out, 0, 1)
+    if return_state:
+      return out, h_last
     return out

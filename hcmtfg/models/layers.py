@@ -10,8 +10,10 @@ that converted release weights give the release's outputs (see
   per-frame modules once per frame in a Python loop.
 * `ConvBNReLU`, `ResnetBlock`, `TorchConvTranspose`, `DeconvBNReLU`, and a
   sharding-friendly `Dropout`.
-* `TorchLSTM`: a multi-layer `torch.nn.LSTM(batch_first=True)` with zero initial
-  state, scanned over time with `lax.scan`.
+* `TorchLSTM`: a multi-layer `torch.nn.LSTM(batch_first=True)`, scanned over
+  time with `lax.scan` from a zero (or given) state.
+* `ConvParams`: an `nn.Conv`'s parameters without the convolution, to fuse
+  convolutions that share an input.
 
 Per-frame tensors may carry two leading axes (B, T, ...): convolutions fold every
 leading axis into one batch axis, so per-frame work runs once on B*T frames.
@@ -28,8 +30,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from hcmtfg.models import conv_transpose
+
 Array = jax.Array
 Initializer = Callable[..., Array]
+# Per LSTM layer (h, c), each (B, H).
+LSTMState = tuple[tuple[Array, Array], ...]
 
 # The release's `weights_init`: N(0, 0.02) for Conv/Linear weights, zero biases,
 # BatchNorm scale N(1, 0.02) (AT-net and VG-net).
@@ -224,15 +230,43 @@ class ResnetBlock(nn.Module):
     return x + y
 
 
+class ConvParams(nn.Module):
+  """The parameters of an `nn.Conv` (same names, shapes and initialisers),
+  returned instead of applied, so that several convolutions over one input
+  can run as one (their kernels concatenated along the output axis).
+
+  Attributes:
+    features: output channels F.
+    kernel_size: square kernel size k.
+    kernel_init, bias_init: as `nn.Conv`'s.
+  """
+  features: int
+  kernel_size: int
+  kernel_init: Initializer = RELEASE_KERNEL_INIT
+  bias_init: Initializer = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[Array, Array]:
+    """Returns (kernel (k, k, in_features, F), bias (F,))."""
+    k = self.kernel_size
+    kernel = self.param("kernel", self.kernel_init,
+                        (k, k, in_features, self.features))
+    bias = self.param("bias", self.bias_init, (self.features,))
+    return kernel, bias
+
+
 class TorchConvTranspose(nn.Module):
   """PyTorch `ConvTranspose2d(cin, features, k, stride, padding, output_padding)`.
 
   Output size: (H - 1) * stride - 2 * padding + kernel_size + output_padding,
   i.e. exactly 2H for the release's (k3, s2, p1, output_padding 1).
   Implemented as a convolution over the stride-dilated input padded by
-  (k - 1 - p, k - 1 - p + output_padding). `kernel` (k, k, cin, features) is
-  the spatially flipped PyTorch weight: kernel[i, j, ci, co] =
-  weight[ci, co, k - 1 - i, k - 1 - j].
+  (k - 1 - p, k - 1 - p + output_padding), except for the release's
+  configuration, which runs as `conv_transpose.release_conv_transpose`
+  (sub-pixel forward at high resolution, kernel gradient as one matrix
+  product: much faster on CPU). `kernel`
+  (k, k, cin, features) is the spatially flipped PyTorch weight:
+  kernel[i, j, ci, co] = weight[ci, co, k - 1 - i, k - 1 - j].
   """
   features: int
   kernel_size: int = 3
@@ -252,13 +286,18 @@ class TorchConvTranspose(nn.Module):
     batch_shape = x.shape[:-3]
     dtype = jnp.result_type(x, kernel)
     x4 = x.reshape((-1,) + x.shape[-3:]).astype(dtype)
-    lo = k - 1 - self.padding
-    hi = lo + self.output_padding
-    y = lax.conv_general_dilated(
-        x4, kernel.astype(dtype), window_strides=(1, 1),
-        padding=((lo, hi), (lo, hi)),
-        lhs_dilation=(self.strides, self.strides),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    release_config = (k, self.strides, self.padding,
+                      self.output_padding) == (3, 2, 1, 1)
+    if release_config:
+      y = conv_transpose.release_conv_transpose(x4, kernel.astype(dtype))
+    else:
+      lo = k - 1 - self.padding
+      hi = lo + self.output_padding
+      y = lax.conv_general_dilated(
+          x4, kernel.astype(dtype), window_strides=(1, 1),
+          padding=((lo, hi), (lo, hi)),
+          lhs_dilation=(self.strides, self.strides),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
     if self.use_bias:
       y = y + self.param("bias", self.bias_init, (self.features,))
     return y.reshape(batch_shape + y.shape[1:])
@@ -283,7 +322,7 @@ class DeconvBNReLU(nn.Module):
 
 
 class TorchLSTM(nn.Module):
-  """Multi-layer `torch.nn.LSTM(batch_first=True)` with zero initial state.
+  """Multi-layer `torch.nn.LSTM(batch_first=True)`.
 
   Per layer k the parameters are `kernel_ih_l{k}` (D_in, 4H), `kernel_hh_l{k}`
   (H, 4H), `bias_ih_l{k}` and `bias_hh_l{k}` (4H,), gates ordered i, f, g, o
@@ -294,12 +333,25 @@ class TorchLSTM(nn.Module):
   num_layers: int = 1
 
   @nn.compact
-  def __call__(self, x_BxTxD: Array) -> Array:
-    """Runs the stack over time; returns the top layer's outputs (B, T, H)."""
+  def __call__(self, x_BxTxD: Array, initial_state: LSTMState | None = None,
+               *, return_state: bool = False):
+    """Runs the stack over time.
+
+    Args:
+      x_BxTxD: inputs (B, T, D).
+      initial_state: per layer (h, c), each (B, H); None = zeros (PyTorch's
+        default).
+      return_state: also return the state after the last step.
+
+    Returns:
+      The top layer's outputs (B, T, H), and with `return_state` the final
+      state (same structure as `initial_state`).
+    """
     hidden = self.features
     init = symmetric_uniform(1.0 / math.sqrt(hidden))
     batch = x_BxTxD.shape[0]
     x = x_BxTxD
+    final = []
     for layer in range(self.num_layers):
       w_ih = self.param(f"kernel_ih_l{layer}", init, (x.shape[-1], 4 * hidden))
       w_hh = self.param(f"kernel_hh_l{layer}", init, (hidden, 4 * hidden))
@@ -316,8 +368,15 @@ class TorchLSTM(nn.Module):
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (h, c), h
 
-      zeros = jnp.zeros((batch, hidden), gates_x_TxBx4H.dtype)
-      _, h_TxBxH = lax.scan(step, (zeros, zeros), gates_x_TxBx4H)
+      dtype = gates_x_TxBx4H.dtype
+      if initial_state is None:
+        zeros = jnp.zeros((batch, hidden), dtype)
+        state = (zeros, zeros)
+      else:
+        state = tuple(v.astype(dtype) for v in initial_state[layer])
+      state, h_TxBxH = lax.scan(step, state, gates_x_TxBx4H)
+      final.append(state)
       x = jnp.swapaxes(h_TxBxH, 0, 1)
+    if return_state:
+      return x, tuple(final)
     return x
-

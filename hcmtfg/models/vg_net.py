@@ -198,8 +198,20 @@ class VGNet(nn.Module):
     x = up(b, "base_0")(x, train=train)
     x = up(b // 2, "base_1")(x, train=train)
     self.sow("intermediates", "base_out", x)
-    colour = jnp.tanh(conv(3, 7, "generator_color")(x))
-    attention = jax.nn.sigmoid(conv(1, 7, "generator_attention")(x))
+    # The colour and attention heads read the same input: one convolution
+    # with their kernels side by side (channels 0-2 colour, 3 attention).
+    heads = [layers.ConvParams(c, 7, name=n)(x.shape[-1])
+             for c, n in ((3, "generator_color"), (1, "generator_attention"))]
+    dtype = jnp.result_type(x, heads[0][0])
+    y = jax.lax.conv_general_dilated(
+        x.reshape((-1,) + x.shape[-3:]).astype(dtype),
+        jnp.concatenate([k for k, _ in heads], axis=-1).astype(dtype),
+        window_strides=(1, 1), padding=((3, 3), (3, 3)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = y.reshape(x.shape[:-1] + (4,)) + jnp.concatenate(
+        [bias for _, bias in heads]).astype(dtype)
+    colour = jnp.tanh(y[..., :3])
+    attention = jax.nn.sigmoid(y[..., 3:])
     frames = attention * colour + (1.0 - attention) * image_BxHxWx3[:, None]
     return VGNetOutput(frames=frames, attention=attention, colour=colour,
                        lmark_attention=lmark_att)
