@@ -404,3 +404,29 @@ def fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   finally:
     checkpointer.close()
   return state
+
+
+def train_and_evaluate(
+    trainer: Any, config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    make_train_iter: Callable[[dict[str, Any] | None], Iterator[HostBatch]],
+    eval_batches: Callable[[], Iterable[HostBatch]] | None = None,
+    write_metrics: MetricsSink | None = None,
+    compiler_options: Mapping[str, Any] | None = None) -> TrainState:
+  """Trains one stage on every device, resuming from `workdir` if possible.
+
+  Args:
+    trainer: the stage's module, `hcmtfg.train_atnet` or `hcmtfg.train_vgnet`
+      (its `make_init_fn`, `jit_train_step` and `jit_eval_step` are used).
+    config, workdir, make_train_iter, eval_batches, write_metrics: as `fit`.
+    compiler_options: XLA options for the jitted init and steps.
+  """
+  mesh = sharding.make_mesh()
+  options = dict(compiler_options=compiler_options)
+  init_fn = trainer.make_init_fn(config, jax.random.PRNGKey(config.seed), mesh,
+                                 **options)
+  return fit(config, workdir, mesh=mesh, init_fn=init_fn,
+             train_step_fn=trainer.jit_train_step(config, mesh, **options),
+             eval_step_fn=trainer.jit_eval_step(config, mesh, **options),
+             make_train_iter=make_train_iter, eval_batches=eval_batches,
+             write_metrics=write_metrics)

@@ -47,8 +47,7 @@ Batches: 'example_image' (B, H, W, 3) in [-1, 1]; 'example_lmark' (B, 136);
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -57,7 +56,6 @@ import ml_collections
 import numpy as np
 
 from hcmtfg import losses
-from hcmtfg import sharding
 from hcmtfg import train_state as ts
 from hcmtfg.models import discriminator as discriminator_lib
 from hcmtfg.models import vg_net
@@ -329,24 +327,3 @@ def jit_eval_step(config: ml_collections.ConfigDict,
   """`eval_step` jitted with the same shardings (nothing donated)."""
   return ts.jit_with_shardings(eval_step, config, mesh, donate_state=False,
                                compiler_options=compiler_options)
-
-
-def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike,
-    make_train_iter: Callable[[dict[str, Any] | None], Iterator[ts.HostBatch]],
-    eval_batches: Callable[[], Iterable[ts.HostBatch]] | None = None,
-    write_metrics: ts.MetricsSink | None = None,
-    compiler_options: Mapping[str, Any] | None = None) -> ts.TrainState:
-  """Trains VG-net with its discriminator, resuming from `workdir` if possible.
-
-  See `hcmtfg.train_state.fit` for the iterator protocol and loop fields.
-  """
-  mesh = sharding.make_mesh()
-  options = dict(compiler_options=compiler_options)
-  init_fn = make_init_fn(config, jax.random.PRNGKey(config.seed), mesh,
-                         **options)
-  return ts.fit(config, workdir, mesh=mesh, init_fn=init_fn,
-                train_step_fn=jit_train_step(config, mesh, **options),
-                eval_step_fn=jit_eval_step(config, mesh, **options),
-                make_train_iter=make_train_iter, eval_batches=eval_batches,
-                write_metrics=write_metrics)

@@ -364,8 +364,8 @@ def test_nan_loss_raises_naming_the_step(atnet_setup, mesh8, tmp_path):
 def test_train_and_evaluate_runs_the_real_loop(tmp_path, mesh8):
   config = atnet_config()  # The same config as atnet_setup: no recompiles.
   written = []
-  state = train_atnet.train_and_evaluate(
-      config, tmp_path, lambda position: Batches(atnet_batch, position),
+  state = ts.train_and_evaluate(
+      train_atnet, config, tmp_path, lambda position: Batches(atnet_batch, position),
       eval_batches=lambda: [atnet_batch(50)],
       write_metrics=lambda step, m: written.append((step, m)))
   assert int(state.step) == 2
