@@ -25,57 +25,24 @@ Overrides: `--config.loss.pixel=l1` (the paper's plain-L1 ablation),
 """
 
 import ml_collections
-from ml_collections import config_dict
 
-VARIANTS = ('lrw', 'grid', 'synthetic', 'tiny')
+from configs import common
+
+VARIANTS = common.VARIANTS
 
 
 def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   """The VG-net config of one variant ('lrw' | 'grid' | 'synthetic' | 'tiny')."""
-  if arg not in VARIANTS:
-    raise ValueError(f'unknown VG-net variant {arg!r}; expected one of '
-                     f'{VARIANTS}')
-  c = ml_collections.ConfigDict()
-  c.stage = 'vgnet'  # Which network the launcher trains ('atnet' | 'vgnet').
-  c.seed = 0  # Initial parameters, dropout and the data order/windows.
-  c.compute_dtype = 'float32'  # 'float32' | 'bfloat16' (params stay float32).
-  # A converted release checkpoint directory (launch.convert_checkpoint output,
-  # holding vgnet/ and optionally discriminator/) to start from; None = random.
-  c.init_from = config_dict.placeholder(str)
-  # XLA without LLVM optimisation: compiles ~2.5x faster, runs slower (tests).
-  c.fast_compile = False
+  common.check_variant(arg, 'VG-net')
+  c = common.base_config('vgnet')  # seed, dtype, data, optim, loop fields
   # Frame side S shared by the data and both networks (a multiple of 16).
   size = ml_collections.FieldReference(128)
   c.image_size = size
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = 'synthetic_talking_faces'  # TFDS builder (data_pipelines/).
-  c.data.config = 'default'  # Builder config name.
-  c.data.data_dir = '~/tensorflow_datasets'  # TFDS data directory.
-  # Build the dataset there when it is missing (synthetic corpora only; real
-  # corpora also need data.manual_dir).
-  c.data.build_if_missing = True
-  c.data.num_clips = config_dict.placeholder(int)  # Synthetic corpus size
-  #   override at build time (None: the builder config's).
-  c.data.manual_dir = config_dict.placeholder(str)  # Downloaded corpus (real
-  #   datasets), used only when building.
-  c.data.download_dir = config_dict.placeholder(str)  # Build scratch space
-  #   (the synthetic corpus is generated there); None: <data_dir>/downloads.
-  c.data.train_split = 'train'  # TFDS split trained on.
-  c.data.eval_split = 'validation'  # TFDS split evaluated on.
-  c.data.num_target_frames = 16  # T: frames generated per clip (release 16).
   c.data.shuffle_buffer = 256  # Clips in the shuffle buffer (~200 KB each).
   c.data.image_size = size  # Frames are area-resized to S (stored at 128).
-  # A landmark PCA file copied into the workdir (VG-net itself does not use
-  # it); None = the dataset's.
-  c.data.pca_path = config_dict.placeholder(str)
-  # On a damaged TFRecord shard: False stops naming the file; True logs it
-  # with the number of records lost and trains on without it.
-  c.data.skip_corrupt_shards = False
 
   c.batch_size = 10  # Global batch of clips (all hosts); release 10.
   c.eval_batch_size = 10  # Global eval batch.
-  c.eval_max_batches = 0  # Eval batches per evaluation (0 = whole split).
 
   c.model = ml_collections.ConfigDict()
   c.model.generator = ml_collections.ConfigDict()  # VGNet fields.
@@ -114,31 +81,8 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   # ~1/3 less work); False: the release's two forwards.
   c.loss.fused_gan_step = False
 
-  c.optim = ml_collections.ConfigDict()  # Adam for G and D, as the release.
-  c.optim.learning_rate = 2e-4  # Constant learning rate.
-  c.optim.b1 = 0.5  # Adam beta1.
-  c.optim.b2 = 0.999  # Adam beta2.
-
-  c.num_train_steps = 300_000  # Stop after this many steps.
-  c.log_every_steps = 100  # Average and write train metrics every N steps.
-  c.eval_every_steps = 5000  # Evaluate (and write images) every N steps.
-  c.checkpoint_every_steps = 5000  # Save every N steps (and at the end).
-  c.keep_checkpoints = 3  # Newest checkpoints kept.
-
-  c.summaries = ml_collections.ConfigDict()
-  c.summaries.num_examples = 3  # Eval clips shown in the image grids.
-  c.summaries.num_frames = 6  # Frames per clip in the grids.
-
-  if arg == 'lrw':
-    c.data.name = 'lrw'
-    c.data.build_if_missing = False
-    c.eval_max_batches = 100
-  elif arg == 'grid':
-    c.data.name = 'grid'
-    c.data.build_if_missing = False
-    c.data.eval_split = 'test'  # GRID has no validation split.
-    c.num_train_steps = 100_000
-  elif arg == 'synthetic':
+  common.apply_shared_variant(c, arg)
+  if arg == 'synthetic':
     c.image_size = 64
     c.data.num_target_frames = 8
     c.batch_size = 8
@@ -159,12 +103,6 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
     c.summaries.num_frames = 4
   elif arg == 'tiny':
     c.image_size = 32
-    c.data.config = 'tiny'
-    c.data.num_clips = 10
-    c.data.num_target_frames = 4
-    c.data.shuffle_buffer = 16
-    c.batch_size = 8
-    c.eval_batch_size = 8
     c.model.generator.base_width = 4
     c.model.generator.bottleneck_features = 8
     c.model.generator.convgru_features = 8
@@ -174,11 +112,4 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
     c.model.discriminator.lmark_features = (16, 16)
     c.model.discriminator.lstm_features = 16
     c.model.discriminator.lstm_layers = 1
-    c.fast_compile = True
-    c.num_train_steps = 2
-    c.log_every_steps = 1
-    c.eval_every_steps = 2
-    c.checkpoint_every_steps = 2
-    c.summaries.num_examples = 2
-    c.summaries.num_frames = 2
   return c
