@@ -234,6 +234,31 @@ def _rate_string(fps: float) -> str:
   return str(rate.numerator) if rate.denominator == 1 else f"{rate.numerator}/{rate.denominator}"
 
 
+def _partial_name(name: str, tag: str) -> str:
+  """The hidden name a `VideoWriter` writes `name` under until it is complete."""
+  stem, ext = os.path.splitext(name)
+  return f".{stem}.{tag}.partial{ext or '.mp4'}"
+
+
+def remove_partial_files(path: str) -> list[str]:
+  """Deletes the partial files killed `VideoWriter`s of `path` left behind.
+
+  Returns:
+    The files removed.
+  """
+  directory, name = os.path.split(os.path.abspath(path))
+  if not os.path.isdir(directory):
+    return []
+  pattern = re.compile(re.escape(_partial_name(name, "@")).replace(
+      "@", "[0-9a-f]{8}"))
+  removed = []
+  for entry in sorted(os.listdir(directory)):
+    if pattern.fullmatch(entry):
+      os.remove(os.path.join(directory, entry))
+      removed.append(os.path.join(directory, entry))
+  return removed
+
+
 class VideoWriter:
   """Streams RGB frames into an H.264 (yuv420p) file, with an optional AAC track.
 
@@ -267,9 +292,8 @@ class VideoWriter:
                                     or self._audio.shape[0] == 0):
       raise ValueError(f"audio must be (N,) or (N, C), N > 0, got {self._audio.shape}")
     directory, name = os.path.split(os.path.abspath(self.path))
-    stem, ext = os.path.splitext(name)
-    self._tmp_path = os.path.join(
-        directory, f".{stem}.{uuid.uuid4().hex[:8]}.partial{ext or '.mp4'}")
+    self._tmp_path = os.path.join(directory, _partial_name(name,
+                                                           uuid.uuid4().hex[:8]))
     self._proc: subprocess.Popen | None = None
     self._tmpdir: tempfile.TemporaryDirectory | None = None
     self._log = None

@@ -33,7 +33,6 @@ import contextlib
 import csv
 import dataclasses
 import os
-import re
 import sys
 import time
 
@@ -165,25 +164,11 @@ def is_complete(job: Job, options: Options) -> bool:
 def remove_partial_outputs(job: Job) -> list[str]:
   """Deletes what a killed run left of a job's outputs (hidden *.partial files).
 
-  `video.VideoWriter` writes `.<stem>.<8 hex>.partial<ext>` beside the output
-  and renames it when complete; a killed process leaves it behind.
-
   Returns:
     The files removed.
   """
-  removed = []
-  for output in (job.output, intermediates_path(job.output)):
-    folder, name = os.path.split(os.path.abspath(output))
-    stem, ext = os.path.splitext(name)
-    pattern = re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{8}}\.partial"
-                         rf"{re.escape(ext or '.mp4')}")
-    if not os.path.isdir(folder):
-      continue
-    for entry in os.listdir(folder):
-      if pattern.fullmatch(entry):
-        os.remove(os.path.join(folder, entry))
-        removed.append(os.path.join(folder, entry))
-  return removed
+  return [partial for output in (job.output, intermediates_path(job.output))
+          for partial in video_lib.remove_partial_files(output)]
 
 
 def run_one(generator: generate.Generator, analyzer, job: Job, options: Options,
