@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hcmtfg import audio as audio_lib
+from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import metrics as metrics_lib
 from hcmtfg import streaming
@@ -93,22 +94,12 @@ def read_clips(builder, split: str, max_clips: int | None = None
                ex["mfcc"])
 
 
-def _to_uint8(x):
-  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
-
-
-@functools.partial(jax.jit, static_argnums=(0,))
-def _atnet_chunk(module, variables, carry, example_coef_Bxk, mfcc_BxCx28x12):
-  return streaming.atnet_chunk(module, variables, carry, example_coef_Bxk,
-                               mfcc_BxCx28x12)
-
-
 @functools.partial(jax.jit, static_argnums=(0,))
 def _vgnet_chunk(module, variables, carry, image_BxSxSx3, target_BxCx136,
                  example_Bx136):
   out, carry = streaming.vgnet_chunk(module, variables, carry, image_BxSxSx3,
                                      target_BxCx136, example_Bx136)
-  return _to_uint8(out.frames), carry
+  return generate.to_uint8(out.frames), carry
 
 
 @dataclasses.dataclass
@@ -152,7 +143,7 @@ def dispatch_batch(generator, clips: Sequence[Clip], batch_size: int,
   carry = streaming.atnet_initial_carry(generator.atnet, batch_size)
   coefs = []
   for k in range(0, length, chunk_frames):
-    out, carry = _atnet_chunk(generator.atnet, generator.atnet_variables, carry,
+    out, carry = generate.atnet_step(generator.atnet, generator.atnet_variables, carry,
                               ex_coef, windows[:, k:k + chunk_frames])
     coefs.append(out)
   raw = jnp.concatenate(coefs, axis=1)
@@ -333,7 +324,6 @@ def evaluate(generator, clips: Iterable[Clip], *, analyzers: Sequence[Any],
   k = generator.atnet.pca_dim
   gain = np.ones(k, np.float32)
   if scaling:
-    from hcmtfg import generate  # pylint: disable=g-import-not-at-top
     gain[1:6] = generate.RELEASE_COEF_GAIN[:max(min(k, 6) - 1, 0)]
   per_clip, pending, batch, chunk = [], None, [], None
   executor = (concurrent.futures.ThreadPoolExecutor(len(analyzers))

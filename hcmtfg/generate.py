@@ -68,6 +68,11 @@ _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000,
 TRACE_COUNTS = collections.Counter()
 
 
+def to_uint8(x: jax.Array) -> jax.Array:
+  """Images in [-1, 1] -> uint8 [0, 255] (rounded, clipped), on the device."""
+  return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
 def _atnet_chunk(module, variables, carry, example_coef_1xk, mfcc_1xCx28x12):
   TRACE_COUNTS["atnet"] += 1
   return streaming.atnet_chunk(module, variables, carry, example_coef_1xk,
@@ -81,10 +86,13 @@ def _jitted_atnet_chunk():
                  compiler_options=at_net.compiler_options())
 
 
-def _atnet_step(module, variables, carry, example_coef_1xk, mfcc_1xCx28x12):
-  """AT-net on one chunk, jitted once per (module, chunk length)."""
-  return _jitted_atnet_chunk()(module, variables, carry, example_coef_1xk,
-                               mfcc_1xCx28x12)
+def atnet_step(module, variables, carry, example_coef_Bxk, mfcc_BxCx28x12):
+  """AT-net on one chunk of B clips, jitted once per (module, shapes).
+
+  Returns `streaming.atnet_chunk`'s (coefficients (B, C, k), carry).
+  """
+  return _jitted_atnet_chunk()(module, variables, carry, example_coef_Bxk,
+                               mfcc_BxCx28x12)
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -95,8 +103,6 @@ def _vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
   target = coefs_1xCxk @ components_136xk.T + mean_136  # landmarks x scale
   out, carry = streaming.vgnet_chunk(module, variables, carry, image_1xSxSx3,
                                      target, example_lmark_1x136)
-  to_uint8 = lambda x: jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(
-      jnp.uint8)
   return (to_uint8(out.frames[0]), out.attention[0, ..., 0],
           to_uint8(out.colour[0]), carry)
 
@@ -234,7 +240,7 @@ def predict_landmarks(generator: Generator, photo: PreparedPhoto,
   carry = streaming.atnet_initial_carry(generator.atnet)
   outputs = []
   for _, n, chunk in _padded_chunks(windows_Tx28x12, chunk_frames):
-    coefs, carry = _atnet_step(generator.atnet, generator.atnet_variables, carry,
+    coefs, carry = atnet_step(generator.atnet, generator.atnet_variables, carry,
                                example_coef[None], chunk[None])
     outputs.append(coefs[0, :n])
   raw = np.asarray(jnp.concatenate(outputs), np.float32)

@@ -279,11 +279,11 @@ def test_chunked_generation_equals_one_pass(generator, analyzer, media):
   at_carry = streaming.atnet_initial_carry(generator.atnet)
   vg_carry = streaming.vgnet_initial_carry(generator.vgnet)
   for end in (7, 14):
-    restart_at = generate._atnet_step(  # pylint: disable=protected-access
+    restart_at = generate.atnet_step(
         generator.atnet, generator.atnet_variables,
         streaming.atnet_initial_carry(generator.atnet), example_coef,
         jnp.asarray(windows[None, end - 7:end]))[1]
-    at_carry = generate._atnet_step(  # pylint: disable=protected-access
+    at_carry = generate.atnet_step(
         generator.atnet, generator.atnet_variables, at_carry, example_coef,
         jnp.asarray(windows[None, end - 7:end]))[1]
     chunk_coefs = jnp.asarray(coefs[:, end - 7:end])
