@@ -46,6 +46,9 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   c.model.mfcc_window = (28, 12)  # One frame's MFCC window (rows, coefs).
   c.model.per_frame_batch_stats = True  # BatchNorm statistics per frame
   #   (the release's per-frame loop); False pools them over B*T.
+  # 3x3 conv algorithm (hcmtfg.models.winograd): 'auto' (Winograd on CPU for
+  # large batches), 'direct', 'winograd2', 'winograd4'. Same parameters.
+  c.model.conv_algorithm = 'auto'
 
   c.summaries.image_size = 96  # Side of each landmark plot, pixels.
 

@@ -58,6 +58,9 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   c.model.generator.num_res_blocks = 9  # ResNet blocks in generator1.
   c.model.generator.dropout_rate = 0.5  # Dropout in the ResNet blocks.
   c.model.generator.per_frame_batch_stats = True  # BatchNorm stats per frame.
+  # 3x3 conv algorithm (hcmtfg.models.winograd): 'auto' (Winograd on CPU for
+  # large batches), 'direct', 'winograd2', 'winograd4'. Same parameters.
+  c.model.generator.conv_algorithm = 'auto'
   c.model.discriminator = ml_collections.ConfigDict()  # Discriminator fields.
   c.model.discriminator.image_size = size  # S.
   c.model.discriminator.base_width = 64  # First frame conv width.

@@ -49,6 +49,7 @@ from hcmtfg import photo as photo_lib
 from hcmtfg import streaming
 from hcmtfg import video as video_lib
 from hcmtfg.models import at_net
+from hcmtfg.models import winograd
 from hcmtfg.errors import InputError
 
 # The photo step is part of this API (defined in hcmtfg.photo).
@@ -115,7 +116,9 @@ class Generator:
 
   Attributes:
     atnet, vgnet: the modules.
-    atnet_variables, vgnet_variables: their variables on the default device.
+    atnet_variables, vgnet_variables: their variables on the default device,
+      plus the Winograd kernel transforms of their weights
+      (`hcmtfg.models.winograd.with_transformed_kernels`).
     pca: the landmark PCA AT-net's coefficients live in.
     release_coef_scaling: default of `generate`'s option (True for converted
       release AT-net weights).
@@ -129,8 +132,12 @@ class Generator:
       raise ValueError(f"the PCA has {pca.num_components} components, AT-net "
                        f"predicts {atnet.pca_dim}")
     self.atnet, self.vgnet, self.pca = atnet, vgnet, pca
-    self.atnet_variables = jax.device_put(atnet_variables)
-    self.vgnet_variables = jax.device_put(vgnet_variables)
+    # Fixed weights: the Winograd convolutions' kernel transforms are
+    # computed once here instead of in every chunk step.
+    self.atnet_variables = jax.device_put(winograd.with_transformed_kernels(
+        atnet, atnet_variables, *atnet.dummy_inputs(), train=False))
+    self.vgnet_variables = jax.device_put(winograd.with_transformed_kernels(
+        vgnet, vgnet_variables, *vgnet.dummy_inputs(), train=False))
     self.release_coef_scaling = bool(release_coef_scaling)
     self.sources = dict(sources or {})
     self.pca_components = jnp.asarray(pca.components, jnp.float32)

@@ -147,7 +147,8 @@ def jit_train_step(config: ml_collections.ConfigDict,
   Equal configs share one compiled executable (the config is static).
   """
   return ts.jit_with_shardings(train_step, config, mesh, donate_state=True,
-                               compiler_options=compiler_options)
+                               compiler_options=_options(config,
+                                                         compiler_options))
 
 
 def jit_eval_step(config: ml_collections.ConfigDict,
@@ -155,4 +156,15 @@ def jit_eval_step(config: ml_collections.ConfigDict,
                   compiler_options: Mapping[str, Any] | None = None):
   """`eval_step` jitted with the same shardings (nothing donated)."""
   return ts.jit_with_shardings(eval_step, config, mesh, donate_state=False,
-                               compiler_options=compiler_options)
+                               compiler_options=_options(config,
+                                                         compiler_options))
+
+
+def _options(config: ml_collections.ConfigDict,
+             compiler_options: Mapping[str, Any] | None
+             ) -> Mapping[str, Any] | None:
+  """Explicit options, else AT-net's (`at_net.compiler_options`) unless
+  `config.fast_compile` asks for the fast-compile ones."""
+  if compiler_options is None and not config.get('fast_compile', False):
+    return at_net.compiler_options()
+  return compiler_options

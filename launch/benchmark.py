@@ -41,12 +41,17 @@ Output: a JSON list of records (also printed, with a markdown table)
                FLOP count), compile time, XLA's temp buffer, the 1-minute load
                average before and after, threads, XLA_FLAGS, backend.
 XLA flags to try go in the XLA_FLAGS environment variable (passed on to the
-per-case processes). OMP_WAIT_POLICY defaults to PASSIVE here: on a machine
-shared with other jobs, the OpenMP threads of torch otherwise spin at every
-barrier while their partner thread is descheduled, which made the release's
-VG-net forward 5-10x slower than with one thread (measured 10-21 s instead of
-1.2-1.3 s at a load of ~5 on 2 cores); set it to ACTIVE to compare with
-torch's default. --device runs JAX only (no torch), f32 and bf16 rows
+per-case processes). --omp_wait_policy sets torch's OpenMP wait policy:
+'default' (OMP_WAIT_POLICY unset: libgomp spins briefly after each parallel
+region, then sleeps; what torch users get, and the release's speed measured
+alone in a process), 'passive' (sleep at once: kinder on a machine shared
+with other jobs, where a spinning thread's partner may be descheduled), or
+'active' (spin forever: the idle torch threads then take a core from our side
+between the release's calls, which cut our measured matmul rate by a third, so do not
+compare with it in one process). Our inference cases use the variables as
+hcmtfg.generate holds them: with the Winograd kernel transforms of the fixed
+weights computed once (hcmtfg.models.winograd.with_transformed_kernels).
+--device runs JAX only (no torch), f32 and bf16 rows
 (case names ending in _f32 / _bf16), and reports device memory.
 """
 
@@ -93,12 +98,23 @@ _COMPILER_OPTIONS = flags.DEFINE_string(
     "(per computation, e.g. '{\"xla_cpu_experimental_ynn_fusion_type\": "
     "\"\"}' for Eigen instead of YNNPACK convolutions); not applied inside "
     "hcmtfg.generate.")
+_OMP_WAIT_POLICY = flags.DEFINE_enum(
+    "omp_wait_policy", "default", ["default", "passive", "active"],
+    "OpenMP wait policy of torch's threads (read when torch is imported): "
+    "'default' leaves OMP_WAIT_POLICY unset (libgomp spins briefly, then "
+    "sleeps: what torch users get); 'passive' sleeps at once; 'active' spins "
+    "forever, which also takes a core from our side between the release's "
+    "calls. An OMP_WAIT_POLICY already in the environment wins.")
 _WORKER_OUTPUT = flags.DEFINE_string(
     "worker_output", None, "Internal: run the cases here and write their "
     "records to this file.")
 
-# Read by torch's OpenMP runtime when torch is imported (see the docstring).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+def _set_omp_wait_policy() -> None:
+  """Sets OMP_WAIT_POLICY (read by torch's OpenMP runtime at import) from
+  --omp_wait_policy, unless the environment already has one."""
+  if _OMP_WAIT_POLICY.value != "default":
+    os.environ.setdefault("OMP_WAIT_POLICY", _OMP_WAIT_POLICY.value.upper())
 
 RECORD_KEYS = ("case", "unit", "ours", "release", "ratio", "gflops",
                "peak_mem_mb")
@@ -257,6 +273,7 @@ def _run_isolated(name: str) -> dict[str, Any]:
                f"--worker_output={out}", f"--repeats={_REPEATS.value}",
                f"--warmup={_WARMUP.value}", f"--seed={_SEED.value}",
                f"--compiler_options={_COMPILER_OPTIONS.value}",
+               f"--omp_wait_policy={_OMP_WAIT_POLICY.value}",
                f"--{'' if _DEVICE.value else 'no'}device",
                f"--{'' if _TINY.value else 'no'}tiny",
                f"--{'' if _PAPER_MODE.value else 'no'}paper_mode"]
@@ -306,6 +323,7 @@ def main(argv):
   from launch import benchmark_cases  # pylint: disable=g-import-not-at-top
   if _REPEATS.value < 1 or _WARMUP.value < 0:
     raise app.UsageError("--repeats must be >= 1 and --warmup >= 0")
+  _set_omp_wait_policy()
   default = (benchmark_cases.DEVICE_CASES if _DEVICE.value
              else benchmark_cases.CPU_CASES)
   names = list(_CASES.value or default)

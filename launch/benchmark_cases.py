@@ -24,6 +24,7 @@ from hcmtfg import train_atnet
 from hcmtfg import train_state as ts
 from hcmtfg import train_vgnet
 from hcmtfg.models import at_net
+from hcmtfg.models import winograd
 from launch import benchmark_generate
 from launch import benchmark_setup as setup
 from launch.benchmark_setup import Case
@@ -53,6 +54,13 @@ def _matmul(options: Options) -> Case:
   return Case("matmul_gflops", "GFLOP/s", gflop, ours, release)
 
 
+def _with_transformed_kernels(module, variables):
+  """Inference variables as `hcmtfg.generate.Generator` holds them: with the
+  Winograd kernel transforms of the fixed weights computed once."""
+  return winograd.with_transformed_kernels(module, variables,
+                                           *module.dummy_inputs(), train=False)
+
+
 def _at_infer(options: Options, batch: int) -> Case:
   """AT-net inference (eval mode) on B clips of T frames."""
   frames = options.frames
@@ -62,7 +70,8 @@ def _at_infer(options: Options, batch: int) -> Case:
   def ours() -> Side:
     module, variables = flax_side["atnet"]
     dtype = setup.compute_dtype(options)
-    variables = jax.device_put(ts.cast_floats(variables, dtype))
+    variables = jax.device_put(ts.cast_floats(
+        _with_transformed_kernels(module, variables), dtype))
     coef = jnp.asarray(inputs["example_coef"], dtype)
     mfcc = jnp.asarray(inputs["mfcc"], dtype)
     fn = lambda v, c, m: module.apply(v, c, m, train=False)
@@ -99,7 +108,8 @@ def _vg_infer(options: Options, batch: int) -> Case:
   def ours() -> Side:
     module, variables = flax_side["vgnet"]
     dtype = setup.compute_dtype(options)
-    variables = jax.device_put(ts.cast_floats(variables, dtype))
+    variables = jax.device_put(ts.cast_floats(
+        _with_transformed_kernels(module, variables), dtype))
     args = [jnp.asarray(inputs[k], dtype) for k in names]
     fn = lambda v, *a: module.apply(v, *a, train=False)
     compiled, info = setup.compile_aot(fn, variables, *args, options=options)
@@ -165,7 +175,7 @@ def _at_train(options: Options, batch: int) -> Case:
     config.compute_dtype = options.dtype
     return _train_side(train_atnet.train_step, config,
                        {"g": flax_side["atnet"][1]}, inputs, "train/loss",
-                       options)
+                       options, default_options=at_net.compiler_options)
 
   def release() -> Side:
     import torch  # pylint: disable=g-import-not-at-top

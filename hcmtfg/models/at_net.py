@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from hcmtfg.models import layers
+from hcmtfg.models import normalize
 
 Array = jax.Array
 
@@ -64,6 +65,9 @@ class ATNet(nn.Module):
     per_frame_batch_stats: in train mode take BatchNorm statistics per frame,
       as the release does (it runs its audio encoder once per frame); False
       pools them over all B*T frames.
+    conv_algorithm: how the audio encoder's 3x3 convolutions are computed,
+      one of `hcmtfg.models.winograd.ALGORITHMS`; parameters and results (up
+      to float rounding) are the same whatever it is.
   """
   pca_dim: int = 6
   base_width: int = 64
@@ -73,6 +77,7 @@ class ATNet(nn.Module):
   lstm_layers: int = 3
   mfcc_window: tuple[int, int] = (28, 12)
   per_frame_batch_stats: bool = True
+  conv_algorithm: str = "auto"
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> ATNet:
@@ -125,10 +130,11 @@ class ATNet(nn.Module):
     for i, mult in enumerate(_AUDIO_WIDTH_MULTIPLIERS):
       x = layers.ConvBNReLU(self.base_width * mult,
                             per_frame_stats=self.per_frame_batch_stats,
+                            conv_algorithm=self.conv_algorithm,
                             name=f"audio_encoder_{i}")(x, train=train)
       if i in pool_strides:
-        x4 = nn.max_pool(x.reshape((-1,) + x.shape[2:]), (3, 3),
-                         strides=pool_strides[i], padding="VALID")
+        x4 = normalize.max_pool(x.reshape((-1,) + x.shape[2:]), (3, 3),
+                                pool_strides[i])
         x = x4.reshape((batch, steps) + x4.shape[1:])
     x = x.reshape(batch, steps, -1)  # (H, W, C) flatten order.
     for i, width in enumerate(self.audio_features):

@@ -31,6 +31,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from hcmtfg.models import conv_transpose
+from hcmtfg.models import normalize
+from hcmtfg.models import winograd
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -122,46 +124,49 @@ class BatchNorm(nn.Module):
                                  (channels,), jnp.float32)
     running_var = self.variable("batch_stats", "var", jnp.ones,
                                 (channels,), jnp.float32)
-    x32 = x.astype(jnp.float32)  # Statistics in float32 whatever x's dtype.
+    out_dtype = jnp.result_type(x, scale)
     if not train:
       mean = running_mean.value.astype(jnp.float32)
       var = running_var.value.astype(jnp.float32)
-    else:
-      per_frame = self.per_frame_stats and x.ndim == 5
-      axes = (0, 2, 3) if per_frame else tuple(range(x.ndim - 1))
-      mean = jnp.mean(x32, axis=axes, keepdims=True)
-      var = jnp.mean(jnp.square(x32 - mean), axis=axes, keepdims=True)
-      if not self.is_initializing():
-        n = math.prod(x.shape[a] for a in axes)
-        unbiased_var = var * (n / max(n - 1, 1))
-        m = self.momentum
-        old_mean = running_mean.value.astype(jnp.float32)
-        old_var = running_var.value.astype(jnp.float32)
-        if per_frame:
-          # T sequential updates r <- (1-m) r + m s_t, in closed form.
-          steps = x.shape[1]
-          weights_Tx1 = m * (1.0 - m) ** jnp.arange(
-              steps - 1, -1, -1, dtype=jnp.float32)[:, None]
-          decay = (1.0 - m) ** steps
-          # Weighted sums, not matmuls: exact f32 on every backend.
-          new_mean = decay * old_mean + jnp.sum(
-              weights_Tx1 * mean.reshape(steps, channels), axis=0)
-          new_var = decay * old_var + jnp.sum(
-              weights_Tx1 * unbiased_var.reshape(steps, channels), axis=0)
-        else:
-          new_mean = (1.0 - m) * old_mean + m * mean.reshape(channels)
-          new_var = (1.0 - m) * old_var + m * unbiased_var.reshape(channels)
-        running_mean.value = new_mean.astype(running_mean.value.dtype)
-        running_var.value = new_var.astype(running_var.value.dtype)
-    y = (x32 - mean) * lax.rsqrt(var + self.epsilon) * scale + bias
-    return y.astype(jnp.result_type(x, scale))
+      # Statistics in float32 whatever x's dtype.
+      y = (x.astype(jnp.float32) - mean) * lax.rsqrt(var + self.epsilon)
+      return (y * scale + bias).astype(out_dtype)
+    per_frame = self.per_frame_stats and x.ndim == 5
+    axes = (0, 2, 3) if per_frame else tuple(range(x.ndim - 1))
+    y, mean, var = normalize.batch_norm_train(x, scale, bias, axes,
+                                              self.epsilon)
+    if not self.is_initializing():
+      n = math.prod(x.shape[a] for a in axes)
+      unbiased_var = var * (n / max(n - 1, 1))
+      m = self.momentum
+      old_mean = running_mean.value.astype(jnp.float32)
+      old_var = running_var.value.astype(jnp.float32)
+      if per_frame:
+        # T sequential updates r <- (1-m) r + m s_t, in closed form.
+        steps = x.shape[1]
+        weights_Tx1 = m * (1.0 - m) ** jnp.arange(
+            steps - 1, -1, -1, dtype=jnp.float32)[:, None]
+        decay = (1.0 - m) ** steps
+        # Weighted sums, not matmuls: exact f32 on every backend.
+        new_mean = decay * old_mean + jnp.sum(
+            weights_Tx1 * mean.reshape(steps, channels), axis=0)
+        new_var = decay * old_var + jnp.sum(
+            weights_Tx1 * unbiased_var.reshape(steps, channels), axis=0)
+      else:
+        new_mean = (1.0 - m) * old_mean + m * mean.reshape(channels)
+        new_var = (1.0 - m) * old_var + m * unbiased_var.reshape(channels)
+      running_mean.value = new_mean.astype(running_mean.value.dtype)
+      running_var.value = new_var.astype(running_var.value.dtype)
+    return y.astype(out_dtype)
 
 
 class ConvBNReLU(nn.Module):
   """The release's `conv2d(cin, cout, k, s, p)`: Conv (no bias), BatchNorm, ReLU.
 
   Input (*batch, H, W, Cin); output (*batch, H', W', features) with PyTorch's
-  size rule H' = (H + 2p - k) // s + 1.
+  size rule H' = (H + 2p - k) // s + 1. A 3x3, stride 1, padding 1 conv is
+  computed by `conv_algorithm` (`hcmtfg.models.winograd.ALGORITHMS`), any
+  other by XLA's convolution; the parameters are `nn.Conv`'s either way.
   """
   features: int
   kernel_size: int = 3
@@ -170,13 +175,17 @@ class ConvBNReLU(nn.Module):
   per_frame_stats: bool = False
   kernel_init: Initializer = RELEASE_KERNEL_INIT
   bn_scale_init: Initializer = release_bn_scale_init
+  conv_algorithm: str = "direct"
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    p = self.padding
-    x = nn.Conv(self.features, (self.kernel_size, self.kernel_size),
-                strides=self.strides, padding=((p, p), (p, p)), use_bias=False,
-                kernel_init=self.kernel_init, name="conv")(x)
+    p, k, s = self.padding, self.kernel_size, self.strides
+    if (k, s, p) == (3, 1, 1):
+      x = winograd.Conv3x3(self.features, algorithm=self.conv_algorithm,
+                           kernel_init=self.kernel_init, name="conv")(x)
+    else:
+      x = nn.Conv(self.features, (k, k), strides=s, padding=((p, p), (p, p)),
+                  use_bias=False, kernel_init=self.kernel_init, name="conv")(x)
     x = BatchNorm(per_frame_stats=self.per_frame_stats,
                   scale_init=self.bn_scale_init, name="bn")(x, train=train)
     return nn.relu(x)
@@ -208,10 +217,13 @@ class ResnetBlock(nn.Module):
   """x + [Conv3x3, BN, ReLU, Dropout, Conv3x3, BN](x); zero padding, no biases.
 
   Input and output (*batch, H, W, C). Dropout uses the 'dropout' RNG stream and
-  is active only when `train` is True.
+  is active only when `train` is True. `conv_algorithm` picks how the 3x3
+  convolutions are computed (`hcmtfg.models.winograd.ALGORITHMS`); the
+  parameters are `nn.Conv`'s whatever it is.
   """
   dropout_rate: float = 0.5
   per_frame_stats: bool = False
+  conv_algorithm: str = "direct"
   kernel_init: Initializer = RELEASE_KERNEL_INIT
   bn_scale_init: Initializer = release_bn_scale_init
 
@@ -220,8 +232,8 @@ class ResnetBlock(nn.Module):
     channels = x.shape[-1]
     y = x
     for i in range(2):
-      y = nn.Conv(channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False,
-                  kernel_init=self.kernel_init, name=f"conv{i}")(y)
+      y = winograd.Conv3x3(channels, algorithm=self.conv_algorithm,
+                           kernel_init=self.kernel_init, name=f"conv{i}")(y)
       y = BatchNorm(per_frame_stats=self.per_frame_stats,
                     scale_init=self.bn_scale_init, name=f"bn{i}")(y, train=train)
       if i == 0:

@@ -71,6 +71,11 @@ class VGNet(nn.Module):
     per_frame_batch_stats: in train mode take BatchNorm statistics per frame,
       as the release does with its per-frame Python loops; False pools them
       over all B*T frames.
+    conv_algorithm: how the ResNet blocks' 3x3 convolutions are computed, one
+      of `hcmtfg.models.winograd.ALGORITHMS` ('auto': Winograd on CPU for
+      large batches of frames), also used by the other 3x3 stride-1
+      convolutions; parameters and results (up to float rounding) are the
+      same whatever it is.
   """
   image_size: int = 128
   base_width: int = 64
@@ -83,6 +88,7 @@ class VGNet(nn.Module):
   num_res_blocks: int = 9
   dropout_rate: float = 0.5
   per_frame_batch_stats: bool = True
+  conv_algorithm: str = "auto"
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> VGNet:
@@ -127,7 +133,8 @@ class VGNet(nn.Module):
 
     def conv_bn_relu(features, name, k=3, stride=1, p=1):
       return layers.ConvBNReLU(features, kernel_size=k, strides=stride,
-                               padding=p, per_frame_stats=pf, name=name)
+                               padding=p, per_frame_stats=pf,
+                               conv_algorithm=self.conv_algorithm, name=name)
 
     def up(features, name, bias=False):
       return layers.DeconvBNReLU(features, use_bias=bias, per_frame_stats=pf,
@@ -189,6 +196,7 @@ class VGNet(nn.Module):
     # generator1, fusion, base, heads: per frame.
     for i in range(self.num_res_blocks):
       x = layers.ResnetBlock(self.dropout_rate, per_frame_stats=pf,
+                             conv_algorithm=self.conv_algorithm,
                              name=f"generator1_res_{i}")(x, train=train)
     x = up(4 * b, "generator1_up_0")(x, train=train)
     x = up(2 * b, "generator1_up_1")(x, train=train)
