@@ -154,8 +154,8 @@ def _pool_forward(x, window, strides):
 def _pool_backward(window, strides, x, dy):
   taps = _window_taps(x, window, strides)
   out = functools.reduce(jnp.maximum, taps)
-  n, h, w, c = x.shape
-  (kh, kw), (sh, sw) = window, strides
+  h, w = x.shape[1:3]
+  kw, (sh, sw) = window[1], strides
   oh, ow = out.shape[1:3]
   dx = jnp.zeros(x.shape, dy.dtype)
   taken = jnp.zeros(out.shape, bool)
@@ -170,7 +170,6 @@ def _pool_backward(window, strides, x, dy):
                                    (i, h - i - sh * (oh - 1) - 1, sh - 1),
                                    (j, w - j - sw * (ow - 1) - 1, sw - 1),
                                    (0, 0, 0)))
-  del n, c, kh
   return (dx,)
 
 
