@@ -81,7 +81,7 @@ def test_largest_of_two_faces_is_chosen_and_logged(analyzer, shared_data,
   canvas[100:100 + small.shape[0], 660:660 + small.shape[1]] = small
   boxes = analyzer.detect_all(canvas)
   assert len(boxes) == 2
-  caplog.set_level(logging.INFO)
+  caplog.set_level(logging.INFO, logger="absl")  # absl logs it
   best = analyzer.detect(canvas, source="two_faces.png")
   assert best.area == max(b.area for b in boxes)
   assert best.right < 640  # the Obama face, not the pasted one
