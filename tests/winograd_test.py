@@ -119,3 +119,54 @@ def test_transformed_kernels_are_used_and_give_the_same_output():
   broken = jax.tree.map(lambda u: u * 0.0, cache)
   out = module.apply({**variables, winograd.TRANSFORMED: broken}, x)
   assert not np.allclose(out, direct, atol=1e-3)
+
+
+@pytest.mark.parametrize("over_batch_axis", [False, True])
+def test_convgru_on_winograd_equals_direct_with_gradients(over_batch_axis):
+  from hcmtfg.models import convgru  # pylint: disable=g-import-not-at-top
+  x, _ = _inputs((2, 3, 8, 8, 8), 1, seed=5)
+  h0 = jnp.asarray(np.random.default_rng(6).standard_normal(
+      (3 if over_batch_axis else 2, 8, 8, 16)), jnp.float32)
+
+  def run(algorithm):
+    gru = convgru.ConvGRU(16, over_batch_axis=over_batch_axis,
+                          conv_algorithm=algorithm)
+    params = gru.init(jax.random.key(2), x)
+
+    def loss(params, x):
+      # From zeros (first hidden conv skipped) and from a given state.
+      out = gru.apply(params, x)
+      out2, last = gru.apply(params, x, h0, return_state=True)
+      return jnp.sum(out ** 2) + jnp.sum(out2 * 0.5) + jnp.sum(last), out2
+    (value, out2), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        params, x)
+    return value, out2, grads
+
+  direct, wino = run("direct"), run("winograd4")
+  np.testing.assert_allclose(wino[1], direct[1], atol=1e-4)
+  np.testing.assert_allclose(wino[0], direct[0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(wino[2]), jax.tree.leaves(direct[2])):
+    assert float(jnp.abs(b).max()) > 0
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_vgnet_caches_the_convgru_transforms_in_release_mode():
+  from hcmtfg.models import vg_net  # pylint: disable=g-import-not-at-top
+  net = vg_net.VGNet(image_size=32, base_width=8, bottleneck_features=64,
+                     convgru_features=64, num_res_blocks=1,
+                     convgru_over_batch_axis=True)
+  inputs = net.dummy_inputs(batch=3, frames=2)
+  variables = jax.jit(lambda: net.init(jax.random.key(0), *net.dummy_inputs(),
+                                       train=False))()
+  prepared = winograd.with_transformed_kernels(net, variables,
+                                               *net.dummy_inputs(), train=False)
+  cached = prepared[winograd.TRANSFORMED]["convgru"]
+  tile = winograd.AUTO_TILE
+  assert set(cached) == {f"kernel_ih{tile}", f"kernel_hh{tile}"}
+  rng = np.random.default_rng(7)
+  inputs = [jnp.asarray(rng.uniform(-1, 1, a.shape), jnp.float32)
+            for a in inputs]
+  frames = jax.jit(lambda v, *a: net.apply(v, *a, train=False).frames)
+  want, got = frames(variables, *inputs), frames(prepared, *inputs)
+  assert float(jnp.std(want)) > 1e-3
+  np.testing.assert_allclose(got, want, atol=1e-4)

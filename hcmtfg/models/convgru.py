@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from hcmtfg.models import layers
+from hcmtfg.models import winograd
 
 Array = jax.Array
 
@@ -40,21 +41,39 @@ def _same_conv(x: Array, kernel: Array, dilation: int) -> Array:
   k, d = kernel.shape[0], dilation
   dtype = jnp.result_type(x, kernel)
   x, kernel = x.astype(dtype), kernel.astype(dtype)
-  n, h, w, c = x.shape
-  if d > 1 and k % 2 == 1 and h % d == 0 and w % d == 0:
+  if _splits_into_subgrids(x.shape, k, d):
     p = (k - 1) // 2
-    grids = x.reshape(n, h // d, d, w // d, d, c).transpose(0, 2, 4, 1, 3, 5)
     y = lax.conv_general_dilated(
-        grids.reshape(n * d * d, h // d, w // d, c), kernel,
+        _to_subgrids(x, d), kernel,
         window_strides=(1, 1), padding=((p, p), (p, p)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    y = y.reshape(n, d, d, h // d, w // d, -1).transpose(0, 3, 1, 4, 2, 5)
-    return y.reshape(n, h, w, -1)
+    return _from_subgrids(y, d)
   span = d * (k - 1)
   pad = (span // 2, (span + 1) // 2)
   return lax.conv_general_dilated(
       x, kernel, window_strides=(1, 1), padding=(pad, pad),
       rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _splits_into_subgrids(shape: tuple[int, ...], k: int, d: int) -> bool:
+  """Whether a k x k conv dilated by d over (N, H, W, C) equals ordinary
+  convolutions of the d x d interleaved sub-grids."""
+  return d > 1 and k % 2 == 1 and shape[1] % d == 0 and shape[2] % d == 0
+
+
+def _to_subgrids(x: Array, d: int) -> Array:
+  """(N, H, W, C) -> (N*d*d, H/d, W/d, C): the d x d interleaved sub-grids."""
+  n, h, w, c = x.shape
+  grids = x.reshape(n, h // d, d, w // d, d, c).transpose(0, 2, 4, 1, 3, 5)
+  return grids.reshape(n * d * d, h // d, w // d, c)
+
+
+def _from_subgrids(y: Array, d: int) -> Array:
+  """The inverse of `_to_subgrids`."""
+  nd, hd, wd, f = y.shape
+  n = nd // (d * d)
+  y = y.reshape(n, d, d, hd, wd, f).transpose(0, 3, 1, 4, 2, 5)
+  return y.reshape(n, hd * d, wd * d, f)
 
 
 def _matmul_conv(x: Array, kernel: Array, dilation: int) -> Array:
@@ -90,11 +109,16 @@ class ConvGRU(nn.Module):
     over_batch_axis: False = recur over T for every clip (the paper's intent);
       True = recur over the batch axis B, treating the T frames as the batch
       (the release's behaviour).
+    conv_algorithm: for a 3x3 kernel whose dilation splits the maps into
+      sub-grids, how their convolutions are computed
+      (`hcmtfg.models.winograd.ALGORITHMS`; 'direct': XLA's convolution for
+      the input gates and one im2col matrix product for the hidden ones).
   """
   features: int = 512
   kernel_size: int = 3
   dilation: int = 2
   over_batch_axis: bool = False
+  conv_algorithm: str = "direct"
 
   @nn.compact
   def __call__(self, x_BxTxHxWxC: Array, initial_state: Array | None = None,
@@ -122,9 +146,16 @@ class ConvGRU(nn.Module):
     if self.over_batch_axis:
       x = jnp.swapaxes(x, 0, 1)  # The batch axis becomes the time axis.
     batch, steps, height, width, _ = x.shape
+    d = self.dilation
+    subgrids = k == 3 and _splits_into_subgrids(x.shape[1:], k, d)
     # Input convolutions of all frames at once; only W_h * h is sequential.
-    gates_x = _same_conv(x.reshape((batch * steps,) + x.shape[2:]), kernel_ih,
-                         self.dilation)
+    x_NxHxWxC = x.reshape((batch * steps,) + x.shape[2:])
+    if subgrids:
+      gates_x = _from_subgrids(winograd.module_conv3x3(
+          self, "kernel_ih", _to_subgrids(x_NxHxWxC, d), kernel_ih,
+          self.conv_algorithm), d)
+    else:
+      gates_x = _same_conv(x_NxHxWxC, kernel_ih, d)
     gates_x = gates_x.reshape(batch, steps, height, width, 3 * f) + bias_ih
     gates_x_TxBxHxWx3F = jnp.swapaxes(gates_x, 0, 1)
 
@@ -136,8 +167,28 @@ class ConvGRU(nn.Module):
       n = jnp.tanh(x_n + r * h_n)
       return n + z * (h_BxHxWxF - n)
 
+    # W_h * h: the kernel's Winograd transform (if any) is taken once, here,
+    # outside the scan.
+    plan = None
+    # From a zero state a single step needs no hidden conv (see below); the
+    # transform is still taken when the cache of transforms is being filled.
+    needs_hidden = initial_state is not None or steps > 1 or (
+        self.is_mutable_collection(winograd.TRANSFORMED)
+        and not self.is_initializing())
+    if subgrids and needs_hidden:
+      plan = winograd.module_kernel_transform(
+          self, "kernel_hh", kernel_hh, self.conv_algorithm,
+          (batch * d * d, height // d, width // d, f))
+
+    def hidden_conv(h_BxHxWxF):
+      if plan is None:
+        return _matmul_conv(h_BxHxWxF, kernel_hh, d)
+      tile, u = plan
+      return _from_subgrids(winograd.winograd_conv3x3(
+          _to_subgrids(h_BxHxWxF, d), kernel_hh, tile, transformed=u), d)
+
     def step(h_BxHxWxF, gx_BxHxWx3F):
-      gh = _matmul_conv(h_BxHxWxF, kernel_hh, self.dilation) + bias_hh
+      gh = hidden_conv(h_BxHxWxF) + bias_hh
       h_new = update(h_BxHxWxF, gx_BxHxWx3F, gh)
       return h_new, h_new
 

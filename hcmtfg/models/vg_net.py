@@ -74,7 +74,7 @@ class VGNet(nn.Module):
     conv_algorithm: how the ResNet blocks' 3x3 convolutions are computed, one
       of `hcmtfg.models.winograd.ALGORITHMS` ('auto': Winograd on CPU for
       large batches of frames), also used by the other 3x3 stride-1
-      convolutions; parameters and results (up to float rounding) are the
+      convolutions and the ConvGRU's; parameters and results (up to float rounding) are the
       same whatever it is.
   """
   image_size: int = 128
@@ -190,7 +190,8 @@ class VGNet(nn.Module):
     x = convgru_lib.ConvGRU(
         self.convgru_features, kernel_size=self.convgru_kernel_size,
         dilation=self.convgru_dilation,
-        over_batch_axis=self.convgru_over_batch_axis, name="convgru")(x)
+        over_batch_axis=self.convgru_over_batch_axis,
+        conv_algorithm=self.conv_algorithm, name="convgru")(x)
     self.sow("intermediates", "convgru_out", x)
 
     # generator1, fusion, base, heads: per frame.

@@ -1,8 +1,9 @@
 """3x3 stride-1 'same' convolutions by Winograd's minimal filtering, for CPU.
 
 VG-net's nine ResNet blocks hold 18 convolutions of 3x3 over 8x8x512 maps:
-about two thirds of the generator's FLOPs; AT-net's audio encoder is five 3x3
-convolutions. On this kind of map XLA's CPU
+about two thirds of the generator's FLOPs. The ConvGRU's dilated 3x3
+convolutions on 8x8 maps are ordinary ones on 4x4 sub-grids (one F(4x4) tile
+each), and AT-net's audio encoder is five 3x3 convolutions. On this kind of map XLA's CPU
 convolution already runs near the machine's matrix-multiply rate, so the only
 way to make them faster is to do fewer multiplications. Winograd's F(m x m,
 3 x 3) computes each m x m output tile from an (m+2) x (m+2) input tile with
@@ -220,26 +221,48 @@ class Conv3x3(nn.Module):
     kernel = self.param("kernel", self.kernel_init,
                         (3, 3, x.shape[-1], self.features))
     x_NxHxWxC = x.reshape((-1,) + x.shape[-3:])
-    # `init` makes every collection mutable; only fill the cache on request.
-    filling = (self.is_mutable_collection(TRANSFORMED)
-               and not self.is_initializing())
-    prepared = filling or any(self.has_variable(TRANSFORMED, f"kernel{t}")
-                              for t in _TRANSFORMS)
-    chosen = resolve(self.algorithm, x_NxHxWxC.shape, self.features,
-                     prepared=prepared)
-    if chosen == "direct":
-      y = direct_conv3x3(x_NxHxWxC, kernel)
-    else:
-      tile = int(chosen[-1])
-      name = f"kernel{tile}"
-      if self.has_variable(TRANSFORMED, name):
-        u = self.get_variable(TRANSFORMED, name)
-      else:
-        u = transform_kernel(kernel, tile)
-        if filling:
-          self.put_variable(TRANSFORMED, name, u)
-      y = winograd_conv3x3(x_NxHxWxC, kernel, tile, transformed=u)
+    y = module_conv3x3(self, "kernel", x_NxHxWxC, kernel, self.algorithm)
     return y.reshape(x.shape[:-3] + y.shape[1:])
+
+
+def module_kernel_transform(module: nn.Module, name: str,
+                            kernel_3x3xCxF: Array, algorithm: str,
+                            x_shape: tuple[int, ...]
+                            ) -> tuple[int, Array] | None:
+  """What a bound linen module whose parameter `name` is a 3x3 kernel should
+  convolve an input of `x_shape` (N, H, W, C) with: None for XLA's
+  convolution, else (tile, transformed kernel). The transform is read from
+  the module's `TRANSFORMED` variables (`name` + tile) when present, stored
+  there while `with_transformed_kernels` fills them, else computed here."""
+  # `init` makes every collection mutable; only fill the cache on request.
+  filling = (module.is_mutable_collection(TRANSFORMED)
+             and not module.is_initializing())
+  prepared = filling or any(module.has_variable(TRANSFORMED, f"{name}{t}")
+                            for t in _TRANSFORMS)
+  chosen = resolve(algorithm, x_shape, kernel_3x3xCxF.shape[-1],
+                   prepared=prepared)
+  if chosen == "direct":
+    return None
+  tile = int(chosen[-1])
+  key = f"{name}{tile}"
+  if module.has_variable(TRANSFORMED, key):
+    return tile, module.get_variable(TRANSFORMED, key)
+  u = transform_kernel(kernel_3x3xCxF, tile)
+  if filling:
+    module.put_variable(TRANSFORMED, key, u)
+  return tile, u
+
+
+def module_conv3x3(module: nn.Module, name: str, x_NxHxWxC: Array,
+                   kernel_3x3xCxF: Array, algorithm: str) -> Array:
+  """`conv3x3` inside a bound linen module whose parameter `name` is the
+  kernel (see `module_kernel_transform`)."""
+  plan = module_kernel_transform(module, name, kernel_3x3xCxF, algorithm,
+                                 x_NxHxWxC.shape)
+  if plan is None:
+    return direct_conv3x3(x_NxHxWxC, kernel_3x3xCxF)
+  tile, u = plan
+  return winograd_conv3x3(x_NxHxWxC, kernel_3x3xCxF, tile, transformed=u)
 
 
 def with_transformed_kernels(module: nn.Module, variables: Mapping[str, Any],
