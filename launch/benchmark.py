@@ -1,6 +1,6 @@
 r"""Our JAX networks side by side with the release's PyTorch networks.
 
-  python -m launch.benchmark                      # every CPU case, ~15 min
+  python -m launch.benchmark                      # every CPU case, ~20 min
   python -m launch.benchmark --cases=vg_infer_b1,vg_gan_b1 --output=bench.json
   python -m launch.benchmark --tiny --cases=at_infer_b1   # smoke run
   python -m launch.benchmark --device             # JAX only, on a GPU/TPU
@@ -47,10 +47,11 @@ region, then sleeps; what torch users get, and the release's speed measured
 alone in a process), 'passive' (sleep at once: kinder on a machine shared
 with other jobs, where a spinning thread's partner may be descheduled), or
 'active' (spin forever: the idle torch threads then take a core from our side
-between the release's calls, which cut our measured matmul rate by a third, so do not
-compare with it in one process). Our inference cases use the variables as
-hcmtfg.generate holds them: with the Winograd kernel transforms of the fixed
-weights computed once (hcmtfg.models.winograd.with_transformed_kernels).
+between the release's calls, which cut our measured matmul rate by a third,
+so do not compare with it in one process). Our inference cases use the
+variables as hcmtfg.generate holds them: with the Winograd kernel transforms
+of the fixed weights computed once
+(hcmtfg.models.winograd.with_transformed_kernels).
 --device runs JAX only (no torch), f32 and bf16 rows
 (case names ending in _f32 / _bf16), and reports device memory.
 """

@@ -43,8 +43,9 @@ def test_each_kernel_tap_lands_where_the_direct_convolution_puts_it():
       for j in range(3):
         k = jnp.zeros((3, 3, 1, 1)).at[i, j, 0, 0].set(1.0)
         np.testing.assert_allclose(
-            winograd.winograd_conv3x3(x, k, tile), winograd.direct_conv3x3(x, k),
-            atol=2e-5, err_msg=f"tile {tile}, tap {(i, j)}")
+            winograd.winograd_conv3x3(x, k, tile),
+            winograd.direct_conv3x3(x, k), atol=2e-5,
+            err_msg=f"tile {tile}, tap {(i, j)}")
 
 
 @pytest.mark.parametrize("tile", [2, 4])

@@ -147,9 +147,9 @@ class ConvGRU(nn.Module):
       x = jnp.swapaxes(x, 0, 1)  # The batch axis becomes the time axis.
     batch, steps, height, width, _ = x.shape
     d = self.dilation
-    subgrids = k == 3 and _splits_into_subgrids(x.shape[1:], k, d)
     # Input convolutions of all frames at once; only W_h * h is sequential.
     x_NxHxWxC = x.reshape((batch * steps,) + x.shape[2:])
+    subgrids = k == 3 and _splits_into_subgrids(x_NxHxWxC.shape, k, d)
     if subgrids:
       gates_x = _from_subgrids(winograd.module_conv3x3(
           self, "kernel_ih", _to_subgrids(x_NxHxWxC, d), kernel_ih,

@@ -79,10 +79,7 @@ def batch_norm_train(x: Array, scale: Array, bias: Array,
     (y float32 like x's shape, mean, biased variance), the statistics float32
     with `axes` kept as size 1.
   """
-  x32 = x.astype(jnp.float32)
-  mean, var = _stats(x32, axes)
-  y = (x32 - mean) * lax.rsqrt(var + epsilon) * scale + bias
-  return y, mean, var
+  return _forward(x, scale, bias, axes, epsilon)[0]
 
 
 def _forward(x, scale, bias, axes, epsilon):
@@ -142,7 +139,7 @@ def max_pool(x_NxHxWxC: Array, window: tuple[int, int],
   in row-major order, as PyTorch's does, without XLA's select-and-scatter
   (slow on CPU).
   """
-  return functools.reduce(jnp.maximum, _window_taps(x_NxHxWxC, window, strides))
+  return _pool_forward(x_NxHxWxC, window, strides)[0]
 
 
 def _pool_forward(x, window, strides):

@@ -71,11 +71,11 @@ class VGNet(nn.Module):
     per_frame_batch_stats: in train mode take BatchNorm statistics per frame,
       as the release does with its per-frame Python loops; False pools them
       over all B*T frames.
-    conv_algorithm: how the ResNet blocks' 3x3 convolutions are computed, one
-      of `hcmtfg.models.winograd.ALGORITHMS` ('auto': Winograd on CPU for
-      large batches of frames), also used by the other 3x3 stride-1
-      convolutions and the ConvGRU's; parameters and results (up to float rounding) are the
-      same whatever it is.
+    conv_algorithm: how the 3x3 convolutions (ResNet blocks, the other stride-1
+      ones, the ConvGRU's) are computed, one of
+      `hcmtfg.models.winograd.ALGORITHMS` ('auto': Winograd on CPU for large
+      batches of frames or cached transforms); parameters and results (up to
+      float rounding) are the same whatever it is.
   """
   image_size: int = 128
   base_width: int = 64

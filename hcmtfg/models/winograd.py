@@ -3,11 +3,12 @@
 VG-net's nine ResNet blocks hold 18 convolutions of 3x3 over 8x8x512 maps:
 about two thirds of the generator's FLOPs. The ConvGRU's dilated 3x3
 convolutions on 8x8 maps are ordinary ones on 4x4 sub-grids (one F(4x4) tile
-each), and AT-net's audio encoder is five 3x3 convolutions. On this kind of map XLA's CPU
-convolution already runs near the machine's matrix-multiply rate, so the only
-way to make them faster is to do fewer multiplications. Winograd's F(m x m,
-3 x 3) computes each m x m output tile from an (m+2) x (m+2) input tile with
-(m+2)^2 multiplications per input/output channel pair instead of 9 m^2:
+each), and AT-net's audio encoder is five 3x3 convolutions. On such maps XLA's
+CPU convolution already runs near the machine's matrix-multiply rate, so the
+only way to make them faster is to do fewer multiplications. Winograd's
+F(m x m, 3 x 3) computes each m x m output tile from an (m+2) x (m+2) input
+tile with (m+2)^2 multiplications per input/output channel pair instead of
+9 m^2:
 
   Y = A^T [ (G g G^T) .* (B^T d B) ] A      (per tile, summed over channels)
 
@@ -16,14 +17,16 @@ B, the channel sum becomes (m+2)^2 independent matrix products
 (tiles, C) @ (C, F). F(2x2, 3x3) (m = 2) needs 2.25x fewer multiplications,
 F(4x4, 3x3) (m = 4) 4x fewer, at the cost of some float accuracy (relative
 errors below 1e-6 and 1e-5 in float32; the release parity tests pass with
-either) and of the transforms, which are written here as sums of strided slices so that XLA fuses
-each into one elementwise loop. Their transposes, which autodiff derives,
-fuse the same way, so the gradient is Winograd too.
+either) and of the transforms, which are written here as sums of strided
+slices so that XLA fuses each into one elementwise loop. Their transposes,
+which autodiff derives, fuse the same way, so the gradient is Winograd too.
 
-`conv3x3` picks the algorithm: 'direct' is XLA's convolution, 'winograd2' and
+`resolve` picks the algorithm: 'direct' is XLA's convolution, 'winograd2' and
 'winograd4' the two tile sizes, 'auto' Winograd on the CPU backend for maps
-where it measured faster (see `AUTO_MIN_ROWS`) and XLA's convolution elsewhere
-(GPU/TPU libraries choose their own algorithms).
+where it measured faster (see `AUTO_MIN_ROWS`) or whose kernel transform is
+cached, and XLA's convolution elsewhere (GPU/TPU libraries choose their own
+algorithms). `Conv3x3` is the linen layer; `module_conv3x3` and
+`module_kernel_transform` serve modules holding their own kernels.
 """
 
 from __future__ import annotations
@@ -186,19 +189,6 @@ def resolve(algorithm: str, x_shape: tuple[int, ...], features: int,
   return "direct"
 
 
-def conv3x3(x: Array, kernel_3x3xCxF: Array, algorithm: str = "auto") -> Array:
-  """3x3 'same' convolution of x (*batch, H, W, C) by the chosen algorithm;
-  every leading axis is folded into one batch axis."""
-  lead = x.shape[:-3]
-  x_NxHxWxC = x.reshape((-1,) + x.shape[-3:])
-  chosen = resolve(algorithm, x_NxHxWxC.shape, kernel_3x3xCxF.shape[-1])
-  if chosen == "direct":
-    y = direct_conv3x3(x_NxHxWxC, kernel_3x3xCxF)
-  else:
-    y = winograd_conv3x3(x_NxHxWxC, kernel_3x3xCxF, tile=int(chosen[-1]))
-  return y.reshape(lead + y.shape[1:])
-
-
 class Conv3x3(nn.Module):
   """`nn.Conv(features, (3, 3), padding=1, use_bias=False)` with the same
   parameter ('kernel', (3, 3, C, F)), computed by the chosen algorithm.
@@ -255,8 +245,8 @@ def module_kernel_transform(module: nn.Module, name: str,
 
 def module_conv3x3(module: nn.Module, name: str, x_NxHxWxC: Array,
                    kernel_3x3xCxF: Array, algorithm: str) -> Array:
-  """`conv3x3` inside a bound linen module whose parameter `name` is the
-  kernel (see `module_kernel_transform`)."""
+  """A 3x3 'same' convolution of x (N, H, W, C) inside a bound linen module
+  whose parameter `name` is the kernel (see `module_kernel_transform`)."""
   plan = module_kernel_transform(module, name, kernel_3x3xCxF, algorithm,
                                  x_NxHxWxC.shape)
   if plan is None:
