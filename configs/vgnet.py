@@ -83,6 +83,19 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   # True: one generator forward per GAN step (its vjp reused for the G step;
   # ~1/3 less work); False: the release's two forwards.
   c.loss.fused_gan_step = False
+  # Additions to the paper's recipe (0 = off, the paper; see WORKSPACE.md for
+  # their measured effect). Extra pixel-loss weight inside each target
+  # frame's mouth box (the mouth points' bounding box grown by mouth_box_pad
+  # mouth widths): 1 + mouth_pixel_weight there, 1 elsewhere.
+  c.loss.mouth_pixel_weight = 0.0
+  c.loss.mouth_box_pad = 0.25
+  # Weight of an auxiliary L1 between the colour map C and the target frame
+  # (same pixel weights), so C learns the face even where the attention is
+  # low; 0 = the paper (C is trained only through A * C).
+  c.loss.colour_weight = 0.0
+  # Steps at the start of a run that train the generator on the pixel terms
+  # alone (no discriminator; a third of a GAN step's work); 0 = the paper.
+  c.loss.warmup_steps = 0
 
   common.apply_shared_variant(c, arg)
   if arg == 'synthetic':

@@ -16,6 +16,9 @@ default) frames per example:
     'example_lmark' (B, 136) float32  normalised landmarks x `landmark_scale` (5)
     'target_image'  (B, T, H, W, 3) float32 in [-1, 1]
     'target_lmark'  (B, T, 136) float32  same convention as example_lmark
+    'target_mouth'  (B, T, 20, 2) float32  mouth points 48..67 (x, y) of the target
+                                  frames in pixels of the H x W frame (for the
+                                  mouth-weighted losses and mouth metrics)
   H = W = 128, or `image_size` when given (area-resized, for tiny configs). Only the
   17 frames used are JPEG/PNG-decoded.
 
@@ -169,11 +172,17 @@ class _Sampler:
     s = tf.random.stateless_uniform([], seeds[1], 0, num_frames - w + 1, tf.int32)
     indices = tf.concat([[e], tf.range(s, s + w)], axis=0)
     images = self._decode(tf.gather(example["frames"], indices))
+    # Crop landmarks are stored in pixels of the 128x128 crop (pixel centres
+    # at integers); map them to the resized frame's pixels.
+    mouth = tf.cast(tf.gather(example["landmarks"], indices[1:])[:, 48:68],
+                    tf.float32)
+    mouth = (mouth + 0.5) * ((self.image_size or 128) / 128.0) - 0.5
     return {
         "example_image": images[0],
         "example_lmark": lmarks[e],
         "target_image": images[1:],
         "target_lmark": tf.ensure_shape(tf.gather(lmarks, indices[1:]), [w, 136]),
+        "target_mouth": tf.ensure_shape(mouth, [w, 20, 2]),
         "example_index": e,
         "target_start": s,
     }
@@ -191,7 +200,8 @@ def _read(builder, split: str, view: str) -> tf.data.Dataset:
         {"normalized_landmarks": True, "mfcc": True, "clip_id": True})
   else:
     decoders = tfds.decode.PartialDecoding(
-        {"frames": True, "normalized_landmarks": True, "clip_id": True},
+        {"frames": True, "landmarks": True, "normalized_landmarks": True,
+         "clip_id": True},
         decoders={"frames": tfds.decode.SkipDecoding()})
   return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
                             read_config=tfds.ReadConfig(add_tfds_id=False))

@@ -67,13 +67,52 @@ def mse_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(diff))
 
 
-def l1_loss(fake: jax.Array, real: jax.Array) -> jax.Array:
-  """Mean absolute error over every element (the plain-L1 ablation)."""
-  return jnp.mean(jnp.abs(fake.astype(jnp.float32) - real.astype(jnp.float32)))
+def mouth_region_mask(mouth_BxTx20x2: jax.Array, size: int,
+                      pad: float = 0.25) -> jax.Array:
+  """1 inside each frame's mouth box, 0 elsewhere.
+
+  The box is the bounding box of the 20 mouth points (48..67), grown on every
+  side by `pad` times the mouth's width (the lips' full extent plus a margin:
+  chin and cheeks move with the jaw).
+
+  Args:
+    mouth_BxTx20x2: mouth points (x, y) in pixels of the size x size frames
+      (the batch key 'target_mouth').
+    size: frame side S.
+    pad: margin, in mouth widths.
+
+  Returns:
+    float32 (B, T, S, S, 1).
+  """
+  pts = mouth_BxTx20x2.astype(jnp.float32)
+  lo, hi = jnp.min(pts, axis=-2), jnp.max(pts, axis=-2)  # (B, T, 2)
+  margin = pad * (hi[..., :1] - lo[..., :1])  # (B, T, 1), from the width
+  lo, hi = lo - margin, hi + margin
+  grid = jnp.arange(size, dtype=jnp.float32)
+  inside = ((grid >= lo[..., None]) & (grid <= hi[..., None]))  # (B, T, 2, S)
+  mask = inside[..., 1, :, None] & inside[..., 0, None, :]  # (B, T, S, S)
+  return mask.astype(jnp.float32)[..., None]
+
+
+def l1_loss(fake: jax.Array, real: jax.Array,
+            weight: jax.Array | None = None) -> jax.Array:
+  """Mean absolute error over every element (the plain-L1 ablation).
+
+  Args:
+    fake, real: images of the same shape, (..., H, W, C).
+    weight: None, or per-pixel weights (..., H, W, 1) broadcast over channels
+      (e.g. `1 + w * mouth_region_mask(...)`); the mean is then of the
+      weighted errors.
+  """
+  err = jnp.abs(fake.astype(jnp.float32) - real.astype(jnp.float32))
+  if weight is not None:
+    err = err * weight.astype(jnp.float32)
+  return jnp.mean(err)
 
 
 def dynamic_pixel_loss(fake: jax.Array, real: jax.Array,
-                       attention: jax.Array) -> jax.Array:
+                       attention: jax.Array,
+                       weight: jax.Array | None = None) -> jax.Array:
   """The dynamic pixel-wise loss, mean(|fake − real| ⊙ (stop_grad(A) + 0.5)).
 
   Args:
@@ -81,13 +120,16 @@ def dynamic_pixel_loss(fake: jax.Array, real: jax.Array,
     real: (B, T, H, W, 3) ground-truth frames in [-1, 1].
     attention: (B, T, H, W, 1) generator attention A in [0, 1]; broadcast over
       channels. No gradient flows into A.
+    weight: None (the paper), or extra per-pixel weights (B, T, H, W, 1)
+      multiplying (A + 0.5), e.g. to weight the mouth region more.
 
   Returns:
     float32 scalar: the mean over B, T, H, W and the 3 channels.
   """
-  weight = jax.lax.stop_gradient(attention.astype(jnp.float32)) + 0.5
-  err = jnp.abs(fake.astype(jnp.float32) - real.astype(jnp.float32))
-  return jnp.mean(err * weight)
+  weight_a = jax.lax.stop_gradient(attention.astype(jnp.float32)) + 0.5
+  if weight is not None:
+    weight_a = weight_a * weight.astype(jnp.float32)
+  return l1_loss(fake, real, weight_a)
 
 
 def bce_with_logits(logit: jax.Array, label: float) -> jax.Array:

@@ -295,8 +295,10 @@ def run_train_loop(
     The final state (also saved).
   """
   step = int(jax.device_get(state.step))
+  # Per metric: running sum and count (warm-up and GAN steps of VG-net report
+  # different metrics, so a log window may mix them).
   sums: dict[str, float] = {}
-  num_summed = 0
+  counts: dict[str, int] = {}
   pending = None  # (step, device metrics) not yet fetched.
 
   def write(at_step: int, metrics: dict[str, float]) -> None:
@@ -306,7 +308,7 @@ def run_train_loop(
       write_metrics(at_step, metrics)
 
   def fetch() -> None:
-    nonlocal pending, num_summed
+    nonlocal pending
     if pending is None:
       return
     at_step, metrics = pending
@@ -315,7 +317,7 @@ def run_train_loop(
     checkpointing.check_finite(metrics, at_step)
     for name, value in metrics.items():
       sums[name] = sums.get(name, 0.0) + float(value)
-    num_summed += 1
+      counts[name] = counts.get(name, 0) + 1
 
   def preempted() -> bool:
     if preemption is None:
@@ -342,9 +344,9 @@ def run_train_loop(
     faults.at('train_step', step)  # Tests only: a kill while the step runs.
     if step % log_every == 0 or step == num_steps:
       fetch()
-      write(step, {k: v / num_summed for k, v in sums.items()})
+      write(step, {k: v / counts[k] for k, v in sums.items()})
       sums.clear()
-      num_summed = 0
+      counts.clear()
     if checkpointer.should_save(step):
       fetch()
       checkpointer.save(step, state, _iterator_position(train_iter))

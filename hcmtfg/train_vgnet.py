@@ -113,14 +113,59 @@ def _inputs(batch: Batch, dtype) -> dict[str, jax.Array]:
   return {k: v.astype(dtype) for k, v in batch.items()}
 
 
-def _pixel_loss(config: ml_collections.ConfigDict, frames: jax.Array,
-                attention: jax.Array, real: jax.Array) -> jax.Array:
+def _pixel_weight_map(config: ml_collections.ConfigDict,
+                      batch: Batch) -> jax.Array | None:
+  """1 + loss.mouth_pixel_weight inside the mouth box, 1 elsewhere (or None)."""
+  extra = float(config.loss.get('mouth_pixel_weight', 0.0))
+  if not extra:
+    return None
+  size = batch['target_image'].shape[-2]
+  return 1.0 + extra * losses.mouth_region_mask(
+      batch['target_mouth'], size, config.loss.get('mouth_box_pad', 0.25))
+
+
+def _pixel_terms(config: ml_collections.ConfigDict, out: vg_net.VGNetOutput,
+                 real: jax.Array, weight: jax.Array | None
+                 ) -> dict[str, jax.Array]:
+  """'g_pixel' (the paper's pixel loss) and, if enabled, 'g_colour'."""
   if config.loss.pixel == 'dynamic':
-    return losses.dynamic_pixel_loss(frames, real, attention)
-  if config.loss.pixel == 'l1':
-    return losses.l1_loss(frames, real)
-  raise ValueError(f"config.loss.pixel must be 'dynamic' or 'l1', "
-                   f'got {config.loss.pixel!r}')
+    terms = {'g_pixel': losses.dynamic_pixel_loss(out.frames, real,
+                                                  out.attention, weight)}
+  elif config.loss.pixel == 'l1':
+    terms = {'g_pixel': losses.l1_loss(out.frames, real, weight)}
+  else:
+    raise ValueError(f"config.loss.pixel must be 'dynamic' or 'l1', "
+                     f'got {config.loss.pixel!r}')
+  if config.loss.get('colour_weight', 0.0):
+    terms['g_colour'] = losses.l1_loss(out.colour, real, weight)
+  return terms
+
+
+def _pixel_total(config: ml_collections.ConfigDict,
+                 terms: Mapping[str, jax.Array]) -> jax.Array:
+  """pixel_weight * (g_pixel + colour_weight * g_colour)."""
+  pixel = terms['g_pixel'] + config.loss.get('colour_weight', 0.0) * terms.get(
+      'g_colour', 0.0)
+  return config.loss.pixel_weight * pixel
+
+
+def _attention_metrics(attention: jax.Array, batch: Batch) -> Metrics:
+  """Mean attention inside and outside the mouth box (if the batch has it)."""
+  if 'target_mouth' not in batch:
+    return {}
+  mask = losses.mouth_region_mask(batch['target_mouth'], attention.shape[-2])
+  a = attention.astype(jnp.float32)
+  return {'att_mouth': jnp.sum(a * mask) / jnp.maximum(jnp.sum(mask), 1.0),
+          'att_rest': jnp.sum(a * (1 - mask)) / jnp.maximum(
+              jnp.sum(1 - mask), 1.0)}
+
+
+def _head_grad_norms(g_grads) -> Metrics:
+  """Gradient norms of the colour and attention heads."""
+  return {f'g_grad_norm_{name}': ts.global_norm(g_grads[key])
+          for name, key in (('colour', 'generator_color'),
+                            ('attention', 'generator_attention'))
+          if key in g_grads}
 
 
 def train_step(state: ts.TrainState, batch: Batch,
@@ -137,7 +182,12 @@ def train_step(state: ts.TrainState, batch: Batch,
     (new state, metrics): 'train/d_loss', 'train/d_real', 'train/d_fake',
     'train/d_lmark' (regression D only), 'train/g_adv', 'train/g_lmark'
     (regression D only), 'train/g_pixel', 'train/g_loss', 'train/g_grad_norm',
-    'train/d_grad_norm', 'train/d_prob_real', 'train/d_prob_fake'.
+    'train/d_grad_norm', 'train/d_prob_real', 'train/d_prob_fake'; with
+    the regression D also 'train/d_lmark_real' and 'train/d_lmark_fake' (its
+    landmark loss on each); 'train/g_colour' with `loss.colour_weight`;
+    'train/g_grad_norm_colour', 'train/g_grad_norm_attention' (the heads'
+    gradients) and 'train/att_mouth', 'train/att_rest' (mean attention of
+    forward #1 inside and outside the mouth box), for diagnosis.
   """
   dtype = ts.compute_dtype(config)
   generator, disc = build_generator(config), build_discriminator(config)
@@ -146,6 +196,7 @@ def train_step(state: ts.TrainState, batch: Batch,
   mask = losses.landmark_loss_mask(mouth_weight=config.loss.mouth_weight)
   x = _inputs(batch, dtype)
   target_lmark = batch['target_lmark']
+  pixel_weight_map = _pixel_weight_map(config, batch)
   g_rng1, g_rng2 = jax.random.split(state.step_rng())
 
   def generate(g_params, g_batch_stats, rng):
@@ -167,33 +218,37 @@ def train_step(state: ts.TrainState, batch: Batch,
 
   def forward1(g_params):
     out, stats = generate(g_params, state.g.batch_stats, g_rng1)
-    return (out.frames, out.attention), stats
+    return (out.frames, out.attention, out.colour), stats
 
   if fused:
-    (fake1_frames, fake1_attention), g_vjp, g_stats = jax.vjp(
-        forward1, state.g.params, has_aux=True)
+    fake1, g_vjp, g_stats = jax.vjp(forward1, state.g.params, has_aux=True)
   else:
-    (fake1_frames, _), g_stats = forward1(state.g.params)
-  fake1_frames = jax.lax.stop_gradient(fake1_frames)
+    fake1, g_stats = forward1(state.g.params)
+  fake1_frames = jax.lax.stop_gradient(fake1[0])
+  attention_metrics = _attention_metrics(jax.lax.stop_gradient(fake1[1]),
+                                         batch)
 
   def d_loss_fn(d_params):
     real, stats = discriminate(d_params, state.d.batch_stats, x['target_image'])
     fake, stats = discriminate(d_params, stats, fake1_frames)
     terms = losses.discriminator_gan_losses(real.logit, fake.logit)
-    if regress:
-      terms['d_lmark'] = (
-          losses.masked_landmark_loss(real.landmarks, target_lmark, mask)
-          + losses.masked_landmark_loss(fake.landmarks, target_lmark, mask))
     probs = {'d_prob_real': jnp.mean(real.prob.astype(jnp.float32)),
              'd_prob_fake': jnp.mean(fake.prob.astype(jnp.float32))}
+    if regress:
+      probs['d_lmark_real'] = losses.masked_landmark_loss(
+          real.landmarks, target_lmark, mask)
+      probs['d_lmark_fake'] = losses.masked_landmark_loss(
+          fake.landmarks, target_lmark, mask)
+      terms['d_lmark'] = probs['d_lmark_real'] + probs['d_lmark_fake']
     return sum(terms.values()), (terms, probs, stats)
 
   (d_loss, (d_terms, d_probs, d_stats)), d_grads = jax.value_and_grad(
       d_loss_fn, has_aux=True)(state.d.params)
   new_d = state.d.apply_gradients(tx, d_grads, d_stats)
 
-  def g_loss_of_outputs(frames, attention):
-    """The G loss of generated frames and attention, judged by the new D."""
+  def g_loss_of_outputs(frames, attention, colour):
+    """The G loss of generated frames, attention and colour, judged by the
+    new D."""
     judged_frames = frames
     if config.loss.get('release_detached_gan', False):
       judged_frames = jax.lax.stop_gradient(frames)
@@ -203,24 +258,24 @@ def train_step(state: ts.TrainState, batch: Batch,
     if regress:
       terms['g_lmark'] = losses.masked_landmark_loss(judged.landmarks,
                                                      target_lmark, mask)
-    terms['g_pixel'] = _pixel_loss(config, frames, attention,
-                                   batch['target_image'])
+    terms.update(_pixel_terms(
+        config, vg_net.VGNetOutput(frames, attention, colour, None),
+        batch['target_image'], pixel_weight_map))
     total = (terms['g_adv'] + terms.get('g_lmark', 0.0)
-             + config.loss.pixel_weight * terms['g_pixel'])
+             + _pixel_total(config, terms))
     return total, (terms, new_d_stats)
 
   if fused:
     # Backpropagate through forward #1 (its vjp was saved above).
     (g_loss, (g_terms, new_d_stats)), output_grads = jax.value_and_grad(
-        g_loss_of_outputs, argnums=(0, 1), has_aux=True)(fake1_frames,
-                                                         fake1_attention)
+        g_loss_of_outputs, argnums=(0, 1, 2), has_aux=True)(*fake1)
     g_grads, = g_vjp(output_grads)
     new_g_stats = g_stats
   else:
     def g_loss_fn(g_params):
       out, new_g_stats = generate(g_params, g_stats, g_rng2)
-      total, (terms, new_d_stats) = g_loss_of_outputs(out.frames,
-                                                      out.attention)
+      total, (terms, new_d_stats) = g_loss_of_outputs(
+          out.frames, out.attention, out.colour)
       return total, (terms, new_g_stats, new_d_stats)
 
     (g_loss, (g_terms, new_g_stats, new_d_stats)), g_grads = (
@@ -231,8 +286,66 @@ def train_step(state: ts.TrainState, batch: Batch,
       d=new_d.replace(batch_stats=new_d_stats))
   metrics = {'d_loss': d_loss, **d_terms, **d_probs, 'g_loss': g_loss,
              **g_terms, 'g_grad_norm': ts.global_norm(g_grads),
+             **_head_grad_norms(g_grads), **attention_metrics,
              'd_grad_norm': ts.global_norm(d_grads)}
   return new_state, {f'train/{k}': v for k, v in metrics.items()}
+
+
+def reconstruction_step(state: ts.TrainState, batch: Batch,
+                        config: ml_collections.ConfigDict
+                        ) -> tuple[ts.TrainState, Metrics]:
+  """One generator update on the pixel terms alone (no discriminator).
+
+  The first `loss.warmup_steps` steps of a run take this step instead of
+  `train_step` (see `jit_train_step`): one generator forward and backward, no
+  adversarial or landmark term, D untouched. A third of a GAN step's work.
+
+  Returns:
+    (new state, metrics): 'train/g_loss', 'train/g_pixel', 'train/g_colour'
+    (with `loss.colour_weight`), 'train/g_grad_norm', the heads' gradient
+    norms and 'train/att_mouth', 'train/att_rest'.
+  """
+  dtype = ts.compute_dtype(config)
+  generator = build_generator(config)
+  tx = ts.make_optimizer(config.optim)
+  x = _inputs(batch, dtype)
+  weight = _pixel_weight_map(config, batch)
+
+  def loss_fn(g_params):
+    out, updates = generator.apply(
+        state.g.variables(g_params, dtype), x['example_image'],
+        x['target_lmark'], x['example_lmark'], train=True,
+        rngs={'dropout': state.step_rng()}, mutable=['batch_stats'])
+    terms = _pixel_terms(config, out, batch['target_image'], weight)
+    return _pixel_total(config, terms), (terms, updates['batch_stats'],
+                                         out.attention)
+
+  (loss, (terms, stats, attention)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.g.params)
+  new_state = state.replace(step=state.step + 1,
+                            g=state.g.apply_gradients(tx, grads, stats))
+  metrics = {'g_loss': loss, **terms, 'g_grad_norm': ts.global_norm(grads),
+             **_head_grad_norms(grads),
+             **_attention_metrics(jax.lax.stop_gradient(attention), batch)}
+  return new_state, {f'train/{k}': v for k, v in metrics.items()}
+
+
+class WarmupThenGan:
+  """`reconstruction_step` for the first `warmup_steps` steps, then the GAN
+  step, both jitted once; the step number is counted on the host from the
+  state's step at the first call, so a resumed run picks the right one."""
+
+  def __init__(self, warmup_fn, gan_fn, warmup_steps: int):
+    self._warmup_fn, self._gan_fn = warmup_fn, gan_fn
+    self._warmup_steps = int(warmup_steps)
+    self._step = None
+
+  def __call__(self, state: ts.TrainState, batch):
+    if self._step is None:
+      self._step = int(jax.device_get(state.step))
+    fn = self._warmup_fn if self._step < self._warmup_steps else self._gan_fn
+    self._step += 1
+    return fn(state, batch)
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
@@ -315,10 +428,19 @@ def jit_train_step(config: ml_collections.ConfigDict,
                    compiler_options: Mapping[str, Any] | None = None):
   """`train_step` jitted: state replicated and donated, batch over 'data'.
 
-  Equal configs share one compiled executable (the config is static).
+  With `loss.warmup_steps` > 0, a `WarmupThenGan` over the jitted
+  `reconstruction_step` and `train_step`. Equal configs share one compiled
+  executable (the config is static).
   """
-  return ts.jit_with_shardings(train_step, config, mesh, donate_state=True,
-                               compiler_options=compiler_options)
+  gan = ts.jit_with_shardings(train_step, config, mesh, donate_state=True,
+                              compiler_options=compiler_options)
+  warmup_steps = int(config.loss.get('warmup_steps', 0))
+  if warmup_steps <= 0:
+    return gan
+  warmup = ts.jit_with_shardings(reconstruction_step, config, mesh,
+                                 donate_state=True,
+                                 compiler_options=compiler_options)
+  return WarmupThenGan(warmup, gan, warmup_steps)
 
 
 def jit_eval_step(config: ml_collections.ConfigDict,
