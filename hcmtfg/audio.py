@@ -48,13 +48,14 @@ CONTEXT_FRAMES = 3  # video frames of context on each side of the centre frame.
 WINDOW_ROWS = (2 * CONTEXT_FRAMES + 1) * ROWS_PER_FRAME  # 28
 NUM_CEPS = 13
 
-# MFCC parameters of python_speech_features.mfcc(signal, 16000, winstep=0.01).
-_WINLEN_S = 0.025
-_WINSTEP_S = 0.01
-_NFFT = 512
-_NUM_FILTERS = 26
-_PREEMPH = 0.97
-_CEPLIFTER = 22
+# MFCC parameters of python_speech_features.mfcc(signal, 16000, winstep=0.01)
+# (`mouth_metrics.mfcc_envelope` inverts part of it).
+WINLEN_S = 0.025
+WINSTEP_S = 0.01
+NFFT = 512
+NUM_FILTERS = 26
+PREEMPHASIS = 0.97
+CEPLIFTER = 22
 
 PathOrSignal = Union[str, os.PathLike, np.ndarray]
 
@@ -72,8 +73,8 @@ def _mel_to_hz(mel):
 
 
 @functools.lru_cache(maxsize=8)
-def mel_filterbank(sample_rate: int = SAMPLE_RATE, num_filters: int = _NUM_FILTERS,
-                   nfft: int = _NFFT) -> np.ndarray:
+def mel_filterbank(sample_rate: int = SAMPLE_RATE, num_filters: int = NUM_FILTERS,
+                   nfft: int = NFFT) -> np.ndarray:
   """Triangular mel filters on FFT bins, (num_filters, nfft // 2 + 1) float64.
 
   Band edges are evenly spaced in mel from 0 Hz to sample_rate / 2 and snapped to
@@ -127,18 +128,18 @@ def mfcc(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     raise ValueError("mfcc: the signal is empty")
   if not np.all(np.isfinite(x)):
     raise ValueError("mfcc: the signal contains NaN or infinite samples")
-  x = np.concatenate([x[:1], x[1:] - _PREEMPH * x[:-1]])
-  frames = _frame(x, _round_half_up(_WINLEN_S * sample_rate),
-                  _round_half_up(_WINSTEP_S * sample_rate))
-  power = np.square(np.abs(np.fft.rfft(frames, _NFFT, axis=1))) / _NFFT
+  x = np.concatenate([x[:1], x[1:] - PREEMPHASIS * x[:-1]])
+  frames = _frame(x, _round_half_up(WINLEN_S * sample_rate),
+                  _round_half_up(WINSTEP_S * sample_rate))
+  power = np.square(np.abs(np.fft.rfft(frames, NFFT, axis=1))) / NFFT
   eps = np.finfo(np.float64).eps
   energy = power.sum(axis=1)
   energy = np.where(energy == 0, eps, energy)
-  mel = power @ mel_filterbank(sample_rate, _NUM_FILTERS, _NFFT).T
+  mel = power @ mel_filterbank(sample_rate, NUM_FILTERS, NFFT).T
   mel = np.where(mel == 0, eps, mel)
   ceps = scipy.fft.dct(np.log(mel), type=2, axis=1, norm="ortho")[:, :NUM_CEPS]
   n = np.arange(NUM_CEPS)
-  ceps *= 1.0 + (_CEPLIFTER / 2.0) * np.sin(np.pi * n / _CEPLIFTER)
+  ceps *= 1.0 + (CEPLIFTER / 2.0) * np.sin(np.pi * n / CEPLIFTER)
   ceps[:, 0] = np.log(energy)
   return ceps.astype(np.float32)
 

@@ -33,7 +33,21 @@ deviation over clips:
   frames, for reference);
 * atnet/pca_mse, atnet/pixels_mean, atnet/pixels_mouth: AT-net's error (its raw
   prediction, before any release coefficient scaling) in PCA
-  coefficients and in 128x128 crop pixels (all 68 points / mouth).
+  coefficients and in 128x128 crop pixels (all 68 points / mouth);
+* mouth motion (`hcmtfg.mouth_metrics`, from the same dlib points as LMD):
+  aperture_std, the standard deviation over a clip's frames of the inner-lip
+  aperture on the generated frames (inter-ocular units); aperture_r, its
+  Pearson r with the aperture of the landmarks that drove them (AT-net's for
+  the cascade, the true ones otherwise; NaN for the still copy_example), and
+  driving_aperture_std; real/...: the same for dlib on the real frames vs the
+  true landmarks (the ceiling); atnet/aperture_r: AT-net's aperture vs the
+  true one;
+* sync proxy (a weights-free stand-in for LSE, not LSE): sync_r, r of the
+  aperture with the speech's RMS envelope at 25 fps at lag 0, and
+  sync_peak_r / sync_peak_lag, the largest r within +-5 frames and its lag
+  (> 0: the mouth after the sound); the envelope comes from the clip's stored
+  MFCC (`mouth_metrics.mfcc_envelope`: c0 with the pre-emphasis undone, about
+  the waveform's RMS).
 
 The networks run batched and jitted: `batch_size` clips at a time, in chunks of
 `chunk_frames` frames with the recurrent states carried over (`streaming`),
@@ -61,6 +75,7 @@ from hcmtfg import audio as audio_lib
 from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import metrics as metrics_lib
+from hcmtfg import mouth_metrics
 from hcmtfg import streaming
 
 NETWORK_PATHS = ("cascade", "gt_landmarks")
@@ -108,6 +123,7 @@ class _Pending:
   clips: list[Clip]
   raw_coefs: Any  # (B, L, k)
   frames: dict[str, Any]  # path -> (B, L, S, S, 3) uint8
+  driving: dict[str, Any]  # path -> (B, L, 136) landmarks given to VG-net (x scale)
 
 
 def _pad_time(x: np.ndarray, length: int) -> np.ndarray:
@@ -160,7 +176,7 @@ def dispatch_batch(generator, clips: Sequence[Clip], batch_size: int,
                                 examples[path])
       chunks.append(out)
     frames[path] = jnp.concatenate(chunks, axis=1)
-  return _Pending(list(clips), raw, frames)
+  return _Pending(list(clips), raw, frames, targets)
 
 
 def _resize(frames: np.ndarray, size: int, interpolation: int) -> np.ndarray:
@@ -168,25 +184,6 @@ def _resize(frames: np.ndarray, size: int, interpolation: int) -> np.ndarray:
     return frames
   return np.stack([cv2.resize(f, (size, size), interpolation=interpolation)
                    for f in frames])
-
-
-def mouth_points(frames: np.ndarray, analyzer,
-                 fallback_boxes: Sequence[Any]) -> tuple[np.ndarray, np.ndarray,
-                                                          list[Any]]:
-  """dlib mouth points (T, 20, 2) of (T, H, W, 3) uint8 frames, the largest
-  detected face's; where none is detected, the predictor runs in
-  `fallback_boxes[t]`. Also returns (T,) bool detected and the boxes used."""
-  points = np.zeros((frames.shape[0], 20, 2))
-  found = np.zeros(frames.shape[0], bool)
-  boxes = []
-  for t, frame in enumerate(frames):
-    detected = analyzer.detect_all(frame)
-    box = (max(detected, key=lambda b: (b.area, b.score)) if detected
-           else fallback_boxes[t])
-    found[t] = bool(detected)
-    boxes.append(box)
-    points[t] = analyzer.landmarks(frame, box)[metrics_lib.MOUTH]
-  return points, found, boxes
 
 
 def _landmark_boxes(landmarks_Tx68x2: np.ndarray) -> list[Any]:
@@ -203,19 +200,30 @@ def _landmark_boxes(landmarks_Tx68x2: np.ndarray) -> list[Any]:
 
 def real_reference(clip: Clip, analyzer) -> dict[str, Any]:
   """What every path compares with: the real scored frames (1 .. T-1) at 128,
-  their dlib mouth points and boxes, and their CPBD."""
+  their dlib points and boxes, their CPBD, the inner-lip aperture of the dlib
+  points ('aperture') and of the true landmarks ('true_aperture'), and the
+  speech envelope of those frames."""
   real = clip.frames[1:]
-  points, _, boxes = mouth_points(real, analyzer,
-                                  _landmark_boxes(clip.landmarks[1:]))
-  return {"frames": real, "mouth": points, "boxes": boxes,
-          "cpbd": float(np.mean(metrics_lib.cpbd(real)))}
+  points, _, boxes = mouth_metrics.frame_landmarks(
+      real, analyzer, _landmark_boxes(clip.landmarks[1:]))
+  n = clip.frames.shape[0]
+  return {"frames": real, "points": points, "boxes": boxes,
+          "cpbd": float(np.mean(metrics_lib.cpbd(real))),
+          "aperture": mouth_metrics.inner_lip_aperture(points),
+          "true_aperture": mouth_metrics.inner_lip_aperture(clip.normalized[1:]),
+          "envelope": mouth_metrics.mfcc_envelope(clip.mfcc, n)[1:]}
 
 
-def frame_scores(reference: dict[str, Any], fake: np.ndarray,
-                 analyzer) -> dict[str, float]:
+def frame_scores(reference: dict[str, Any], fake: np.ndarray, analyzer,
+                 driving_aperture: np.ndarray | None = None) -> dict[str, float]:
   """Metrics of generated frames (n, S, S, 3) uint8 against `real_reference`.
 
-  A perfect generator (fake = the real frames) gives SSIM 1, LMD 0."""
+  A perfect generator (fake = the real frames) gives SSIM 1, LMD 0, and the
+  real frames' aperture r and sync proxy. `driving_aperture`: (n,) aperture of
+  the landmarks the frames were made from (for aperture_r). When all frames
+  are identical (the still baseline) the aperture is constant by definition:
+  where dlib finds no face its points would move with the fallback boxes only.
+  """
   real = reference["frames"]
   fake128 = _resize(fake, real.shape[1], cv2.INTER_CUBIC)
   real_s = _resize(real, fake.shape[1], cv2.INTER_AREA)
@@ -228,33 +236,51 @@ def frame_scores(reference: dict[str, Any], fake: np.ndarray,
       "plain/ssim": mean(metrics_lib.ssim(real_s, fake)),
       "plain/psnr": mean(metrics_lib.psnr(real_s, fake)),
   }
-  points, found, _ = mouth_points(fake128, analyzer, reference["boxes"])
-  scores["lmd"] = metrics_lib.lmd(reference["mouth"], points)
+  points, found, _ = mouth_metrics.frame_landmarks(fake128, analyzer,
+                                                   reference["boxes"])
+  scores["lmd"] = metrics_lib.lmd(reference["points"], points)
   scores["lmd_detected"] = float(found.mean())
   scores["cpbd"] = float(np.mean(metrics_lib.cpbd(fake128)))
+  aperture = mouth_metrics.inner_lip_aperture(points)
+  if np.all(fake == fake[:1]):
+    aperture = np.full_like(aperture, aperture[0])
+  scores.update(mouth_metrics.sequence_metrics(aperture, driving_aperture,
+                                               reference["envelope"]))
   return scores
 
 
 def score_clip(clip: Clip, raw_coefs: np.ndarray,
-               frames: dict[str, np.ndarray], generator, analyzer
-               ) -> dict[str, Any]:
-  """Every metric of one clip: raw_coefs (>= n, k) and frames[path]
-  (>= n, S, S, 3) of its n = T - 1 scored frames."""
+               frames: dict[str, np.ndarray], generator, analyzer,
+               driving: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Every metric of one clip: raw_coefs (>= n, k), frames[path]
+  (>= n, S, S, 3) and driving[path] (>= n, 136) (the landmarks VG-net was
+  given) of its n = T - 1 scored frames."""
   n = clip.frames.shape[0] - 1
   reference = real_reference(clip, analyzer)
+  truth = reference["true_aperture"]
   row: dict[str, Any] = {"clip_id": clip.clip_id, "frames": n,
                          "real/cpbd": reference["cpbd"]}
+  for key, value in mouth_metrics.sequence_metrics(
+      reference["aperture"], truth, reference["envelope"]).items():
+    row[f"real/{key}"] = value
+  apertures = {"copy_example": truth,  # not driven: no driving_aperture_std
+               **{path: mouth_metrics.inner_lip_aperture(driving[path][:n])
+                  for path in NETWORK_PATHS}}
   s = generator.image_size
   example = cv2.resize(clip.frames[0], (s, s), interpolation=cv2.INTER_AREA)
   fakes = {"copy_example": np.repeat(example[None], n, axis=0),
            **{path: frames[path][:n] for path in NETWORK_PATHS}}
   for path in PATHS:
-    for key, value in frame_scores(reference, fakes[path], analyzer).items():
+    scores = frame_scores(reference, fakes[path], analyzer, apertures[path])
+    if path == "copy_example":
+      del scores["driving_aperture_std"]
+    for key, value in scores.items():
       row[f"{path}/{key}"] = value
   target = landmarks_lib.project(generator.pca, clip.normalized[1:])
   errors = metrics_lib.atnet_errors(raw_coefs[:n], target, generator.pca,
                                     clip.landmarks[1:])
   row.update({f"atnet/{k.replace('/', '_')}": v for k, v in errors.items()})
+  row["atnet/aperture_r"] = mouth_metrics.pearson(apertures["cascade"], truth)
   return row
 
 
@@ -266,6 +292,7 @@ def score_batch(pending: _Pending, generator, analyzers: Sequence[Any],
   (dlib objects are not shared between threads)."""
   raw = np.asarray(pending.raw_coefs)
   frames = {p: np.asarray(v) for p, v in pending.frames.items()}
+  driving = {p: np.asarray(v) for p, v in pending.driving.items()}
   idle = queue.Queue()
   for analyzer in analyzers:
     idle.put(analyzer)
@@ -275,7 +302,7 @@ def score_batch(pending: _Pending, generator, analyzers: Sequence[Any],
     try:
       return score_clip(pending.clips[b], raw[b],
                         {p: v[b] for p, v in frames.items()}, generator,
-                        analyzer)
+                        analyzer, {p: v[b] for p, v in driving.items()})
     finally:
       idle.put(analyzer)
 

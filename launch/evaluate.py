@@ -6,10 +6,12 @@ r"""Evaluates trained AT-net + VG-net on every clip of a dataset split.
 
 Each clip is generated from its first frame and its audio, through the whole
 cascade (AT-net -> VG-net) and, separately, by VG-net from the true landmarks;
-SSIM/PSNR (the release's conventions and plain RGB), LMD, CPBD and AT-net's
-landmark errors are reported as mean +- std over clips (`hcmtfg.evaluation`
-documents every convention). Writes OUTPUT_DIR/metrics.json (per-clip values
-included) and OUTPUT_DIR/metrics.md, and prints the table.
+SSIM/PSNR (the release's conventions and plain RGB), LMD, CPBD, AT-net's
+landmark errors, the mouth aperture's correlation with the driving landmarks
+and a lip-sync proxy (`hcmtfg.mouth_metrics`) are reported as mean +- std over
+clips (`hcmtfg.evaluation` documents every convention). Writes
+OUTPUT_DIR/metrics.json (per-clip values included) and OUTPUT_DIR/metrics.md,
+and prints the table.
 
 --dataset, --data_dir and --config (the dataset's builder config, e.g. 'tiny')
 default to the ones recorded in the AT-net workdir's config.json.
@@ -44,16 +46,27 @@ TABLE_ROWS = (
     ("lmd", "LMD px ↓", "release: dlib mouth, summed over 20 points, 128×128"),
     ("lmd_detected", "face found", "share of frames dlib detected"),
     ("cpbd", "CPBD ↑", "release: 64×64 blocks, 128×128"),
+    ("aperture_r", "aperture r ↑", "dlib inner-lip aperture vs the driving "
+     "landmarks' (real: vs true), Pearson"),
+    ("aperture_std", "aperture std", "dlib inner-lip aperture, inter-ocular units"),
+    ("driving_aperture_std", "driving aperture std", "of the driving landmarks (real: "
+     "true landmarks)"),
+    ("sync_r", "sync proxy r ↑", "aperture vs speech RMS envelope, lag 0 (not LSE)"),
+    ("sync_peak_r", "sync proxy r ↑", "best lag within ±5 frames"),
+    ("sync_peak_lag", "sync lag, frames", "that lag (+: mouth after sound)"),
 )
 ATNET_ROWS = (("atnet/pca_mse", "AT-net MSE ↓", "PCA coefficients (×scale)"),
               ("atnet/pixels_mean", "AT-net error px ↓", "68 points, 128×128"),
-              ("atnet/pixels_mouth", "AT-net error px ↓", "mouth points, 128×128"))
+              ("atnet/pixels_mouth", "AT-net error px ↓", "mouth points, 128×128"),
+              ("atnet/aperture_r", "AT-net aperture r ↑", "vs the true landmarks'"))
 
 
 def _cell(summary: dict[str, dict[str, float]], key: str) -> str:
   entry = summary.get(key)
   if entry is None or not math.isfinite(entry["mean"]):
-    return "–" if entry is None else str(entry["mean"])
+    if entry is None:
+      return "–"
+    return "—" if math.isnan(entry["mean"]) else str(entry["mean"])
   digits = 4 if abs(entry["mean"]) < 1 else 2
   return f"{entry['mean']:.{digits}f} ± {entry['std']:.{digits}f}"
 
@@ -72,12 +85,18 @@ def format_table(results: dict[str, Any]) -> str:
            + " | real frames |", "|---" * (3 + len(evaluation.PATHS)) + "|"]
   for suffix, name, convention in TABLE_ROWS:
     cells = [_cell(m, f"{p}/{suffix}") for p in evaluation.PATHS]
-    real = _cell(m, "real/cpbd") if suffix == "cpbd" else "–"
+    real = _cell(m, f"real/{suffix}")
     lines.append(f"| {name} | {convention} | {' | '.join(cells)} | {real} |")
   rest = " | ".join(["–"] * len(evaluation.PATHS))  # other paths, real frames
   for key, name, convention in ATNET_ROWS:
     lines.append(f"| {name} | {convention} | {_cell(m, key)} | {rest} |")
-  lines += ["", "Paper (real data, 128×128): GRID SSIM 0.83, PSNR 32.15, LMD "
+  lines += ["", "Aperture: the inner-lip gap (points 61–67, 62–66, 63–65) over "
+            "the inter-ocular distance, per frame; r and std per clip "
+            "(`hcmtfg.mouth_metrics`). Sync proxy: r with the speech's RMS "
+            "envelope at 25 fps (from the stored MFCC), a weights-free stand-in for "
+            "LSE (SyncNet's metric), not LSE. — : undefined (a still video "
+            "has no aperture r).", "",
+            "Paper (real data, 128×128): GRID SSIM 0.83, PSNR 32.15, LMD "
             "1.29; LRW SSIM 0.81.", ""]
   return "\n".join(lines)
 

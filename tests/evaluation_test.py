@@ -6,6 +6,7 @@ lively random weights (so that VG-net's output depends on its landmarks),
 saved as training workdirs with the dataset's landmark PCA.
 """
 
+import dataclasses
 import functools
 import json
 import math
@@ -24,6 +25,7 @@ from hcmtfg import generate
 from hcmtfg import input_pipeline
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import models
+from hcmtfg import mouth_metrics
 from launch import evaluate as cli
 from tests import generate_test
 
@@ -89,7 +91,19 @@ def test_perfect_generator_scores_ssim_one_lmd_zero(clips, analyzer):
   rows = []
   for clip in clips[:2]:
     reference = evaluation.real_reference(clip, analyzer)
-    perfect = evaluation.frame_scores(reference, clip.frames[1:], analyzer)
+    truth = reference["true_aperture"]
+    perfect = evaluation.frame_scores(reference, clip.frames[1:], analyzer,
+                                      truth)
+    # Its mouth metrics are the real frames': dlib's aperture follows the true
+    # landmarks' in the same (inter-ocular) units, and the corpus's speech is
+    # loud when the mouth is open, in the same frames (~0.99, ~0.8-0.97).
+    real = mouth_metrics.sequence_metrics(reference["aperture"], truth,
+                                          reference["envelope"])
+    assert {k: perfect[k] for k in real} == real
+    assert perfect["aperture_r"] > 0.9
+    assert perfect["aperture_std"] == pytest.approx(
+        perfect["driving_aperture_std"], rel=0.3)
+    assert perfect["sync_peak_r"] > 0.6 and abs(perfect["sync_peak_lag"]) <= 1
     assert perfect["release/ssim"] == pytest.approx(1.0)
     assert perfect["plain/ssim"] == pytest.approx(1.0)
     assert perfect["release/psnr"] == 100.0
@@ -98,12 +112,32 @@ def test_perfect_generator_scores_ssim_one_lmd_zero(clips, analyzer):
     rows.append({"clip_id": clip.clip_id, "frames": 28,
                  **{f"cascade/{k}": v for k, v in perfect.items()}})
     # A wrong video (the clip reversed in time) scores worse.
-    wrong = evaluation.frame_scores(reference, clip.frames[1:][::-1], analyzer)
+    wrong = evaluation.frame_scores(reference, clip.frames[1:][::-1], analyzer,
+                                    truth)
     assert wrong["release/ssim"] < 0.99 and wrong["lmd"] > 1.0
+    assert wrong["aperture_r"] < perfect["aperture_r"] - 0.3
   summary = evaluation.aggregate(rows)
   assert summary["cascade/release/ssim"]["mean"] == pytest.approx(1.0)
   assert summary["cascade/release/ssim"]["std"] == pytest.approx(0.0, abs=1e-12)
   assert summary["cascade/lmd"] == {"mean": 0.0, "std": 0.0, "count": 2}
+
+
+def test_still_video_has_constant_aperture_and_undefined_r(clips, analyzer):
+  clip = clips[0]
+  reference = evaluation.real_reference(clip, analyzer)
+  truth = reference["true_aperture"]
+  # Also where dlib finds no face (upside down) and its predictor runs in the
+  # real frames' boxes, were these to move.
+  moving = dict(reference, boxes=[dataclasses.replace(
+      b, left=b.left + t % 3, right=b.right + 2 * (t % 4))
+                                  for t, b in enumerate(reference["boxes"])])
+  for frame, ref in ((clip.frames[1], reference), (clip.frames[1][::-1], moving)):
+    still = evaluation.frame_scores(
+        ref, np.repeat(frame[None], len(truth), 0), analyzer, truth)
+    assert still["aperture_std"] == pytest.approx(0.0, abs=1e-12)
+    assert all(math.isnan(still[k]) for k in (
+        "aperture_r", "sync_r", "sync_peak_r", "sync_peak_lag"))
+    assert still["driving_aperture_std"] == pytest.approx(np.std(truth))
 
 
 def test_aggregate_mean_std_skips_nan():
@@ -179,13 +213,38 @@ def test_evaluate_cli_writes_table_and_finite_metrics(workdirs, tiny_data,
   expected = {f"{p}/{k}" for p in evaluation.PATHS for k in (
       "release/ssim", "release/psnr", "release/psnr_true_mse", "plain/ssim",
       "plain/psnr", "lmd", "lmd_detected", "cpbd")}
+  mouth = ("aperture_r", "aperture_std", "driving_aperture_std", "sync_r",
+           "sync_peak_r", "sync_peak_lag")
+  expected |= {f"{p}/{k}" for p in evaluation.PATHS + ("real",) for k in mouth}
+  expected -= {"copy_example/driving_aperture_std"}  # the baseline is not driven
   expected |= {"real/cpbd", "atnet/pca_mse", "atnet/pixels_mean",
-               "atnet/pixels_mouth"}
+               "atnet/pixels_mouth", "atnet/aperture_r"}
   assert set(saved["metrics"]) == expected
+  # The still baseline's r is undefined: null in the JSON, "—" in the table.
+  undefined = {f"copy_example/{k}" for k in ("aperture_r", "sync_r",
+                                             "sync_peak_r", "sync_peak_lag")}
   for key, entry in saved["metrics"].items():
+    if key in undefined:
+      assert entry == {"mean": None, "std": None, "count": 0}, key
+      assert all(row[key] is None for row in saved["per_clip"]), key
+      continue
     assert entry["count"] == 4, key
     assert math.isfinite(entry["mean"]) and math.isfinite(entry["std"]), key
   m = saved["metrics"]
+  assert m["copy_example/aperture_std"]["mean"] == pytest.approx(0, abs=1e-12)
+  assert m["real/aperture_r"]["mean"] > 0.9
+  truth_std = m["real/driving_aperture_std"]["mean"]  # the true landmarks'
+  assert m["gt_landmarks/driving_aperture_std"]["mean"] == pytest.approx(truth_std)
+  assert m["cascade/driving_aperture_std"]["mean"] != pytest.approx(truth_std)
+  rows = {line.split(" | ")[0] + " | " + line.split(" | ")[1]: line
+          for line in printed.splitlines() if line.startswith("| ")}
+  aperture_row = rows["| aperture r ↑ | dlib inner-lip aperture vs the driving "
+                      "landmarks' (real: vs true), Pearson"]
+  cells = [c.strip() for c in aperture_row.strip("|").split("|")][2:]
+  assert cells[2] == "—" and all("±" in c for c in cells[:2] + cells[3:]), cells
+  for name in ("| aperture std |", "| sync proxy r ↑ |", "| sync lag, frames |",
+               "| AT-net aperture r ↑ |", "not LSE"):
+    assert name in printed, name
   assert 0 < m["cascade/release/ssim"]["mean"] < 1
   assert m["atnet/pca_mse"]["mean"] > 0 and m["cascade/lmd"]["mean"] > 0
   differs = [abs(a[f"cascade/{k}"] - a[f"gt_landmarks/{k}"]) > 1e-6
