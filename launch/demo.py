@@ -15,8 +15,11 @@ Stages (each prints its wall time; a re-run skips what is already done):
                sentence of synthetic speech (DIR/speech.wav);
   6. generate  the talking-face video (launch.generate with --paste_back and
                --save_intermediates: DIR/talking_face.mp4, DIR/talking_face_
-               intermediates.mp4) and a contact sheet of its frames
-               (DIR/contact_sheet.png).
+               intermediates.mp4), a contact sheet of its frames
+               (DIR/contact_sheet.png) and the video's mouth metrics
+               (DIR/talking_metrics.json, printed): the inner-lip aperture
+               dlib finds on it against AT-net's landmarks and against the
+               speech's loudness (`hcmtfg.mouth_metrics`).
 
 Training runs in this process with the configs' `synthetic` (`tiny` with
 --quick) variants and the overrides printed at the start of the stage, which
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from typing import Any, Iterator
@@ -143,6 +147,40 @@ def stamp(out: str, name: str, key: dict[str, Any]) -> None:
   os.replace(path + ".tmp", path)
 
 
+def write_json(path: str, value: Any) -> None:
+  """Writes `value` as JSON (NaN as null) under a temporary name, renamed."""
+  clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+           for k, v in value.items()}
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    json.dump(clean, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def video_talking_metrics(workdirs: dict[str, str], photo: str, speech: str,
+                          video: str) -> dict[str, float]:
+  """Mouth metrics of the generated video against AT-net's landmarks and the
+  speech (`hcmtfg.mouth_metrics.talking_metrics`); dlib reads the pasted-back
+  frames, where the face has the photo's resolution."""
+  # pylint: disable=g-import-not-at-top
+  from hcmtfg import audio as audio_lib
+  from hcmtfg import face as face_lib
+  from hcmtfg import generate
+  from hcmtfg import mouth_metrics
+  from hcmtfg import video as video_lib
+  # pylint: enable=g-import-not-at-top
+  generator = generate.load_generator_networks(workdirs["atnet"],
+                                               workdirs["vgnet"])
+  analyzer = face_lib.FaceAnalyzer()
+  prepared = generate.prepare_photo(photo, analyzer,
+                                    image_size=generator.image_size)
+  signal = audio_lib.load_audio(speech)
+  driving = generate.predict_landmarks(generator, prepared, signal).landmarks
+  frames = video_lib.read_video(video, with_audio=False).frames
+  n = min(len(frames), len(driving))
+  return mouth_metrics.talking_metrics(frames[:n], driving[:n], signal,
+                                       audio_lib.SAMPLE_RATE, analyzer=analyzer)
+
+
 def run(out: str, quick: bool, atnet_steps: int | None = None,
         vgnet_steps: int | None = None) -> dict[str, str]:
   """Runs (or resumes) every stage; returns the paths of the results."""
@@ -150,6 +188,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
   from data_pipelines import build
   from hcmtfg import face as face_lib
+  from hcmtfg import mouth_metrics
   from hcmtfg import summaries
   from hcmtfg import training
   from hcmtfg import video as video_lib
@@ -213,10 +252,13 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   video = os.path.join(out, "talking_face.mp4")
   side = generate_cli.intermediates_path(video)
   sheet = os.path.join(out, "contact_sheet.png")
+  talking_json = os.path.join(out, "talking_metrics.json")
   with stage("generate", timings):
     key = {**checkpoints, "words": list(mode["words"])}
-    if is_stamped(out, "generate", key, video, side, sheet):
+    if is_stamped(out, "generate", key, video, side, sheet, talking_json):
       say(f"{video} is up to date")
+      with open(talking_json, encoding="utf-8") as f:
+        talking = json.load(f)
     else:
       code = generate_cli.run(generate_cli.Options(
           atnet_workdir=workdirs["atnet"], vgnet_workdir=workdirs["vgnet"],
@@ -228,12 +270,17 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
           video_lib.read_video(side, with_audio=False).frames,
           video_lib.read_video(video, with_audio=False).frames,
           face_lib.load_image(photo), sheet)
+      talking = video_talking_metrics(workdirs, photo, speech, video)
+      write_json(talking_json, talking)
       stamp(out, "generate", key)
+    say("the video's mouth:\n" + mouth_metrics.format_talking_metrics(
+        {k: math.nan if v is None else v for k, v in talking.items()}))
 
   say("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
       + f"; total {time.monotonic() - start:.0f} s (+ start-up)")
   results = {"video": video, "intermediates": side, "metrics": metrics_md,
-             "contact_sheet": sheet, "photo": photo, "speech": speech}
+             "contact_sheet": sheet, "talking_metrics": talking_json,
+             "photo": photo, "speech": speech}
   for name, path in results.items():
     say(f"{name:>13}: {path}")
   return results
