@@ -11,7 +11,8 @@ Two directory layouts are accepted for each network, detected from the files:
     <workdir>/landmark_pca.npz       AT-net only: the PCA used in training
   The newest step is read, and only `g.params` / `g.batch_stats` (partial
   restore into host numpy arrays: no optimiser structure, no device mesh).
-  Training workdirs may be local or on GCS (gs://, via etils.epath).
+  Training workdirs may be local or on GCS (gs://, via etils.epath). Local
+  paths may be relative or start with `~` (`hcmtfg.paths.user_path`).
 * a converted release checkpoint (`launch.convert_checkpoint`,
   `hcmtfg.convert_torch.save_converted`): `<dir>/atnet`, `<dir>/vgnet` (pass
   `<dir>` or `<dir>/atnet` itself). A PCA may sit beside them as
@@ -40,6 +41,7 @@ import jax
 import numpy as np
 
 from hcmtfg import landmarks as landmarks_lib
+from hcmtfg import paths
 from hcmtfg.errors import InputError
 from hcmtfg.models import at_net
 from hcmtfg.models import vg_net
@@ -82,7 +84,9 @@ def load_network(directory: str | os.PathLike, name: str) -> LoadedNetwork:
   """
   if name not in _NETWORKS:
     raise ValueError(f"name must be one of {sorted(_NETWORKS)}, got {name!r}")
-  root = epath.Path(directory)  # local, or gs:// for training workdirs
+  # Local (absolute: Orbax refuses relative paths), or gs:// for training
+  # workdirs.
+  root = epath.Path(paths.user_path(directory))
   if not root.exists():
     raise InputError(root, f"{_LABELS[name]} checkpoint directory not found")
   if not root.is_dir():
@@ -102,7 +106,7 @@ def load_network(directory: str | os.PathLike, name: str) -> LoadedNetwork:
 
 def load_pca_from(path: str | os.PathLike) -> landmarks_lib.Pca:
   """A `save_pca` .npz file, or a folder with the release's U_lrw1 / mean_lrw1."""
-  path = epath.Path(path)
+  path = epath.Path(paths.user_path(path))
   if path.is_dir():
     if (path / PCA_FILE).is_file():
       return _load_pca_file(path / PCA_FILE)
@@ -114,7 +118,7 @@ def load_pca_from(path: str | os.PathLike) -> landmarks_lib.Pca:
 
 def _load_pca_file(path: epath.Path) -> landmarks_lib.Pca:
   """`landmarks.load_pca`, through a local copy when the file is remote."""
-  if "://" not in os.fspath(path):
+  if not paths.is_remote(path):
     return landmarks_lib.load_pca(os.fspath(path))
   with tempfile.TemporaryDirectory() as local:
     copy = os.path.join(local, PCA_FILE)

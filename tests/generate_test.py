@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -209,6 +210,29 @@ def test_checkpoint_problems_are_clear_input_errors(nets, tmp_path):
   message = str(error.value)
   assert "state" in message and "config.json" in message
   assert "params/lstm/kernel_hh_l0: (8, 32) in the weights, (12, 48)" in message
+
+
+def test_relative_and_home_paths_load(nets, tmp_path, monkeypatch):
+  # Orbax refuses relative paths, and nothing below expands `~`: the loader
+  # resolves both against the current directory and HOME.
+  monkeypatch.setenv("HOME", str(nets["root"]))
+  monkeypatch.chdir(nets["root"].parent)
+  for directory in (os.path.join(nets["root"].name, "atnet"), "~/atnet",
+                    "~/converted"):
+    loaded = checkpoint_io.load_network(directory, "atnet")
+    jax.tree.map(np.testing.assert_array_equal, loaded.variables,
+                 nets["at_vars"])
+  assert loaded.path == str(nets["root"] / "converted" / "atnet")
+  pca = checkpoint_io.load_pca_from("~/atnet/landmark_pca.npz")
+  np.testing.assert_array_equal(pca.components, nets["pca"].components)
+  spaced = tmp_path / "my runs" / "vg net"
+  shutil.copytree(nets["root"] / "vgnet", spaced)
+  monkeypatch.chdir(tmp_path)
+  loaded = checkpoint_io.load_network("my runs/vg net", "vgnet")
+  assert loaded.step == 3
+  assert loaded.path == str(spaced / "checkpoints" / "3" / "state")
+  jax.tree.map(np.testing.assert_array_equal, loaded.variables,
+               nets["vg_vars"])
 
 
 def test_cli_reports_a_mismatched_checkpoint(nets, media, tmp_path, capsys):
