@@ -213,15 +213,27 @@ def _load_training(root: epath.Path, name: str) -> LoadedNetwork:
 
 
 def _restore_generator_variables(state_dir: epath.Path) -> dict:
-  """`g.params` and `g.batch_stats` of a saved TrainState, as numpy arrays."""
+  """`g.params` and `g.batch_stats` of a saved TrainState, as numpy arrays.
+
+  Raises:
+    InputError: naming `state_dir` and what Orbax could not read, or saying
+      that the tree it holds has no 'g' network.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   try:
     with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
-      metadata = checkpointer.metadata(state_dir)
-      tree = getattr(metadata, "item_metadata", metadata)
-      tree = getattr(tree, "tree", tree)
+      # The handler raises what went wrong; the checkpointer's `metadata` would
+      # log it and return no tree.
+      handler = ocp.PyTreeCheckpointHandler()
+      try:
+        metadata = handler.metadata(state_dir)
+      finally:
+        handler.close()
+      tree = getattr(metadata, "tree", metadata)
       if not isinstance(tree, dict) or not isinstance(tree.get("g"), dict):
-        raise InputError(state_dir, "is not a train state (no 'g' network)")
+        found = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+        raise InputError(state_dir, "is not a train state: it holds no 'g' "
+                         f"network (found {found})")
       item = {"g": {k: tree["g"][k] for k in ("params", "batch_stats")
                     if tree["g"].get(k) is not None}}
       restore_args = jax.tree.map(
@@ -232,7 +244,7 @@ def _restore_generator_variables(state_dir: epath.Path) -> dict:
   except InputError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise InputError(state_dir, f"cannot read the checkpoint: "
+    raise InputError(state_dir, f"cannot read the train state: "
                      f"{type(e).__name__}: {e}") from e
   g = restored["g"]
   return {"params": g.get("params") or {}, "batch_stats": g.get("batch_stats") or {}}

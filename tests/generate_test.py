@@ -235,6 +235,29 @@ def test_relative_and_home_paths_load(nets, tmp_path, monkeypatch):
                nets["vg_vars"])
 
 
+def test_unreadable_train_state_names_the_cause(nets, tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(nets["root"] / "atnet", broken)
+  state = broken / "checkpoints" / "3" / "state"
+  (state / "_METADATA").unlink()
+  with pytest.raises(InputError) as info:
+    checkpoint_io.load_network(broken, "atnet")
+  message = str(info.value)
+  assert message.startswith(f"{state}: cannot read the train state: "), message
+  assert "_METADATA" in message and "not a train state" not in message
+  # A readable checkpoint that holds something else is reported as such.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  other = tmp_path / "other"
+  (other / "checkpoints" / "3").mkdir(parents=True)
+  shutil.copy(nets["root"] / "atnet" / "config.json", other / "config.json")
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    checkpointer.save(other / "checkpoints" / "3" / "state",
+                      {"params": {"w": np.zeros(2, np.float32)}})
+  with pytest.raises(InputError, match=r"state: is not a train state: it "
+                     r"holds no 'g' network \(found \['params'\]\)"):
+    checkpoint_io.load_network(other, "atnet")
+
+
 def test_cli_reports_a_mismatched_checkpoint(nets, media, tmp_path, capsys):
   bad = tmp_path / "bad_vgnet"
   bad.mkdir()
