@@ -485,6 +485,37 @@ def test_single_inputs_that_work(nets, media, tmp_path, caplog):
   assert photo.transform.left > 200  # the big face, right half
 
 
+def test_paths_resolve_against_the_cwd_the_csv_and_home(tmp_path,
+                                                         monkeypatch):
+  home, elsewhere, batch = (tmp_path / d for d in ("home", "else", "batch dir"))
+  elsewhere.mkdir()
+  batch.mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.chdir(elsewhere)
+  options = cli.with_user_paths(cli.Options(
+      atnet_workdir="gs://bucket/runs/atnet", vgnet_workdir="~/runs/vg net",
+      image="photo.png", audio="../speech.wav", output="out dir/v.mp4",
+      pca=None))
+  assert options.atnet_workdir == "gs://bucket/runs/atnet"  # a URL stays one
+  assert options.vgnet_workdir == str(home / "runs" / "vg net")
+  assert (options.image, options.audio, options.output) == (
+      str(elsewhere / "photo.png"), str(tmp_path / "speech.wav"),
+      str(elsewhere / "out dir" / "v.mp4"))
+  assert options.pca is None
+  # Rows of a pairs CSV are relative to the CSV's folder; `~` is HOME.
+  (batch / "pairs.csv").write_text(
+      "image,audio,output\n"
+      "photos/a b.png,~/speech.wav,out/a.mp4\n"
+      f"{tmp_path / 'c.png'},../d.wav,~/videos/e.mp4\n")
+  jobs, bad = cli.read_pairs("../batch dir/pairs.csv")
+  assert not bad
+  assert [(j.image, j.audio, j.output) for j in jobs] == [
+      (str(batch / "photos" / "a b.png"), str(home / "speech.wav"),
+       str(batch / "out" / "a.mp4")),
+      (str(tmp_path / "c.png"), os.path.join(batch, "..", "d.wav"),
+       str(home / "videos" / "e.mp4"))]
+
+
 @pytest.mark.parametrize("case, problem", [
     ("not_an_image", "not an image file"),
     ("no_face", "no face found"),
@@ -554,3 +585,26 @@ def test_cli_process_exit_codes(nets, media, tmp_path):
   assert result.returncode == 1
   assert "no_such_run: AT-net checkpoint directory not found" in result.stderr
   assert not (tmp_path / "o.mp4").exists()
+
+
+def test_cli_from_another_directory_with_relative_and_home_paths(nets, media,
+                                                                 tmp_path):
+  """The issue's command: workdirs, speech and output relative to the current
+  directory (a folder with spaces), the photo under `~`."""
+  home, cwd = tmp_path / "home", tmp_path / "some folder"
+  home.mkdir()
+  for name in ("atnet", "vgnet"):
+    shutil.copytree(nets["root"] / name, cwd / "runs" / f"{name} run")
+  shutil.copy(media["obama"], home / "photo.jpg")
+  shutil.copy(media["speech"], cwd / "speech 1s.wav")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+             HOME=str(home))
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.generate", "--image=~/photo.jpg",
+       "--audio=speech 1s.wav", "--atnet_workdir=runs/atnet run",
+       "--vgnet_workdir=runs/vgnet run", "--output=videos/talking face.mp4"],
+      cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _check_video(cwd / "videos" / "talking face.mp4", media["speech"], (32, 32))
+  assert sorted(os.listdir(cwd)) == ["runs", "speech 1s.wav", "videos"]
