@@ -174,6 +174,39 @@ def test_vgnet_tiny_trains_and_writes_image_grids(tmp_path, tiny_data,
   assert real.std() > 10 and fake.std() > 3
 
 
+@pytest.mark.slow
+def test_train_from_another_directory_with_relative_and_home_paths(
+    tmp_path, tiny_data, jax_cache, monkeypatch):
+  """The config file under `~`, the workdir and the dataset relative to the
+  current directory, all with spaces; the workdir then loads for inference
+  by the same relative path."""
+  home, cwd = tmp_path / 'home', tmp_path / 'my work'
+  home.mkdir()
+  cwd.mkdir()
+  (home / 'hcmtfg src').symlink_to(REPO_ROOT, target_is_directory=True)
+  (cwd / 'data sets').symlink_to(tiny_data, target_is_directory=True)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
+             JAX_COMPILATION_CACHE_DIR=str(jax_cache), HOME=str(home),
+             PYTHONPATH=str(REPO_ROOT))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'launch.train',
+       '--config=~/hcmtfg src/configs/atnet.py:tiny', '--workdir=runs/at net',
+       '--config.data.data_dir=data sets/tfds',
+       '--config.data.download_dir=data sets/downloads'],
+      cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0, (proc.stderr + proc.stdout)[-4000:]
+  workdir = cwd / 'runs' / 'at net'
+  assert (workdir / 'checkpoints' / '2').is_dir()
+  assert json.loads((workdir / 'config.json').read_text())['stage'] == 'atnet'
+  assert sorted(os.listdir(cwd)) == ['data sets', 'runs']  # no folder '~'
+  from hcmtfg import checkpoint_io  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(cwd)
+  loaded = checkpoint_io.load_network('runs/at net', 'atnet')
+  assert loaded.step == 2 and loaded.pca is not None
+
+
 def test_workdir_check_fails_clearly_when_not_writable(tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from hcmtfg import checkpointing
+from hcmtfg import paths
 from hcmtfg import sharding
 from hcmtfg import train_atnet
 from hcmtfg import train_state as ts
@@ -544,8 +545,17 @@ def test_vgnet_ablations_l1_loss_plain_discriminator_bfloat16(vgnet_run, mesh1):
     assert leaf.dtype in (np.float32, np.int32, np.uint32)
 
 
-def test_checkpointer_keeps_cloud_paths_and_absolutises_local_ones():
-  """gs:// workdirs (Cloud TPU) must not become '<cwd>/gs:/bucket/...'."""
-  assert checkpointing._absolute('gs://bucket/run/checkpoints') == (
+def test_checkpointer_keeps_cloud_paths_and_absolutises_local_ones(
+    tmp_path, monkeypatch):
+  """gs:// workdirs (Cloud TPU) must not become '<cwd>/gs:/bucket/...'; local
+  ones become absolute (Orbax refuses relative paths)."""
+  assert paths.user_path('gs://bucket/run/checkpoints') == (
       'gs://bucket/run/checkpoints')
-  assert checkpointing._absolute('rel/dir') == os.path.abspath('rel/dir')
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+  for directory, expected in (('rel dir/ckpt', tmp_path / 'rel dir' / 'ckpt'),
+                              ('~/ckpt', tmp_path / 'home' / 'ckpt')):
+    checkpointer = checkpointing.Checkpointer(directory, async_save=False)
+    checkpointer.close()
+    assert checkpointer.directory == str(expected)
+    assert expected.is_dir()
