@@ -60,6 +60,10 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.optim.learning_rate = 2e-4  # Constant learning rate.
   c.optim.b1 = 0.5  # Adam beta1.
   c.optim.b2 = 0.999  # Adam beta2.
+  # Cosine decay of the learning rate over this many steps (0 = constant, as
+  # the release), down to final_learning_rate.
+  c.optim.decay_steps = 0
+  c.optim.final_learning_rate = 0.0
 
   c.num_train_steps = 300_000  # Stop after this many steps.
   c.log_every_steps = 100  # Average and write train metrics every N steps.

@@ -93,11 +93,17 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   # (same pixel weights), so C learns the face even where the attention is
   # low; 0 = the paper (C is trained only through A * C).
   c.loss.colour_weight = 0.0
+  # Where that L1 is taken: 'frame' (everywhere, with the pixel weights) or
+  # 'mouth' (inside the mouth box only: the rest of the frame is left to the
+  # attention, which then copies the sharp photo there).
+  c.loss.colour_region = 'frame'
   # Steps at the start of a run that train the generator on the pixel terms
   # alone (no discriminator; a third of a GAN step's work); 0 = the paper.
   c.loss.warmup_steps = 0
 
   common.apply_shared_variant(c, arg)
+  if arg in ('synthetic', 'tiny'):
+    apply_fast_talking_recipe(c)
   if arg == 'synthetic':
     c.image_size = 64
     c.data.num_target_frames = 8
@@ -112,10 +118,12 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
     c.model.discriminator.lmark_features = (64, 128)
     c.model.discriminator.lstm_features = 64
     c.model.discriminator.lstm_layers = 1
-    c.num_train_steps = 400
-    c.log_every_steps = 20
-    c.eval_every_steps = 100
-    c.checkpoint_every_steps = 200
+    c.num_train_steps = 1300
+    c.loss.warmup_steps = 1000
+    c.optim.decay_steps = 1300
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
     c.summaries.num_frames = 4
   elif arg == 'tiny':
     c.image_size = 32
@@ -128,4 +136,24 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
     c.model.discriminator.lmark_features = (16, 16)
     c.model.discriminator.lstm_features = 16
     c.model.discriminator.lstm_layers = 1
+    c.loss.warmup_steps = 1  # Its 2 steps: one warm-up, one GAN step.
   return c
+
+
+def apply_fast_talking_recipe(c: ml_collections.ConfigDict) -> None:
+  """The recipe that makes VG-net move the mouth within minutes on a CPU.
+
+  With the paper's recipe from scratch, the attention collapses to "copy the
+  photo" before the colour map has learnt anything: the colour head's
+  gradient is scaled by the attention, which the pixel loss drives down
+  everywhere first (WORKSPACE.md, "Why VG-net needs a warm-up", has the
+  measurements). This recipe trains the generator on the pixel terms alone
+  first (with an L1 on the colour map itself and the mouth box weighted
+  more), at a larger, decaying learning rate and without dropout, then
+  switches to the GAN. The lrw and grid variants keep the paper's recipe.
+  """
+  c.optim.learning_rate = 1e-3
+  c.optim.final_learning_rate = 1e-4
+  c.model.generator.dropout_rate = 0.0
+  c.loss.colour_weight = 1.0
+  c.loss.mouth_pixel_weight = 10.0

@@ -179,7 +179,11 @@ def dispatch_batch(generator, clips: Sequence[Clip], batch_size: int,
   return _Pending(list(clips), raw, frames, targets)
 
 
-def _resize(frames: np.ndarray, size: int, interpolation: int) -> np.ndarray:
+def resize_frames(frames: np.ndarray, size: int,
+                  interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+  """(T, H, W, 3) frames resized to (T, size, size, 3) (unchanged if equal):
+  cv2.INTER_AREA to shrink real frames to VG-net's S, cv2.INTER_CUBIC to
+  enlarge generated ones to 128 for dlib."""
   if frames.shape[1] == size:
     return frames
   return np.stack([cv2.resize(f, (size, size), interpolation=interpolation)
@@ -225,8 +229,8 @@ def frame_scores(reference: dict[str, Any], fake: np.ndarray, analyzer,
   where dlib finds no face its points would move with the fallback boxes only.
   """
   real = reference["frames"]
-  fake128 = _resize(fake, real.shape[1], cv2.INTER_CUBIC)
-  real_s = _resize(real, fake.shape[1], cv2.INTER_AREA)
+  fake128 = resize_frames(fake, real.shape[1], cv2.INTER_CUBIC)
+  real_s = resize_frames(real, fake.shape[1], cv2.INTER_AREA)
   mean = lambda x: float(np.mean(x))
   scores = {
       "release/ssim": mean(metrics_lib.release_ssim(real, fake128)),

@@ -16,7 +16,8 @@ from __future__ import annotations
 import logging as py_logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from absl import logging
 import jax
@@ -135,11 +136,12 @@ class MetricsSink:
   """
 
   def __init__(self, writer: SummaryWriter, *, num_steps: int,
-               global_batch_size: int, learning_rate: float):
+               global_batch_size: int,
+               learning_rate: float | Callable[[int], Any]):
     self._writer = writer
     self._num_steps = int(num_steps)
     self._batch = int(global_batch_size)
-    self._learning_rate = float(learning_rate)
+    self._learning_rate = learning_rate  # A constant or a schedule.
     self._last: tuple[int, float] | None = None  # (step, time)
     self._excluded = 0.0
 
@@ -157,7 +159,9 @@ class MetricsSink:
   def _train_extras(self, step: int, values: Mapping[str, float]
                     ) -> dict[str, float]:
     now = time.monotonic()
-    extras = {'train/learning_rate': self._learning_rate}
+    rate = self._learning_rate
+    extras = {'train/learning_rate': float(rate(step) if callable(rate)
+                                           else rate)}
     line = f'progress: step {step}/{self._num_steps} ' \
            f'({100.0 * step / max(self._num_steps, 1):.1f}%)'
     if self._last is not None and step > self._last[0]:

@@ -36,17 +36,35 @@ HostBatch = Mapping[str, np.ndarray]
 MetricsSink = Callable[[int, dict[str, float]], None]
 
 
+def learning_rate_schedule(optim_config: ml_collections.ConfigDict
+                           ) -> optax.Schedule | float:
+  """The learning rate: constant (the release), or a cosine decay.
+
+  Args:
+    optim_config: `learning_rate`; optionally `decay_steps` (0 or absent:
+      constant) and `final_learning_rate` (where the cosine ends, reached at
+      step decay_steps and held after it).
+  """
+  decay_steps = int(optim_config.get('decay_steps', 0) or 0)
+  if decay_steps <= 0:
+    return optim_config.learning_rate
+  return optax.cosine_decay_schedule(
+      optim_config.learning_rate, decay_steps,
+      alpha=optim_config.final_learning_rate / optim_config.learning_rate)
+
+
 def make_optimizer(optim_config: ml_collections.ConfigDict
                    ) -> optax.GradientTransformation:
   """Adam as the release trains both stages.
 
   Args:
-    optim_config: fields `learning_rate` (2e-4), `b1` (0.5), `b2` (0.999).
+    optim_config: fields `learning_rate` (2e-4), `b1` (0.5), `b2` (0.999),
+      and the optional schedule fields of `learning_rate_schedule`.
 
   Returns:
     optax.adam with those settings (eps 1e-8, as torch.optim.Adam).
   """
-  return optax.adam(optim_config.learning_rate, b1=optim_config.b1,
+  return optax.adam(learning_rate_schedule(optim_config), b1=optim_config.b1,
                     b2=optim_config.b2)
 
 

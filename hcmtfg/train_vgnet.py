@@ -125,9 +125,15 @@ def _pixel_weight_map(config: ml_collections.ConfigDict,
 
 
 def _pixel_terms(config: ml_collections.ConfigDict, out: vg_net.VGNetOutput,
-                 real: jax.Array, weight: jax.Array | None
+                 batch: Batch, weight: jax.Array | None
                  ) -> dict[str, jax.Array]:
-  """'g_pixel' (the paper's pixel loss) and, if enabled, 'g_colour'."""
+  """'g_pixel' (the paper's pixel loss) and, if enabled, 'g_colour'.
+
+  'g_colour' is the L1 between the colour map and the target frame, over the
+  whole frame (pixel weights `weight`) or, with `loss.colour_region='mouth'`,
+  inside the mouth box only.
+  """
+  real = batch['target_image']
   if config.loss.pixel == 'dynamic':
     terms = {'g_pixel': losses.dynamic_pixel_loss(out.frames, real,
                                                   out.attention, weight)}
@@ -137,7 +143,12 @@ def _pixel_terms(config: ml_collections.ConfigDict, out: vg_net.VGNetOutput,
     raise ValueError(f"config.loss.pixel must be 'dynamic' or 'l1', "
                      f'got {config.loss.pixel!r}')
   if config.loss.get('colour_weight', 0.0):
-    terms['g_colour'] = losses.l1_loss(out.colour, real, weight)
+    if config.loss.get('colour_region', 'frame') == 'mouth':
+      colour_weight = losses.mouth_region_mask(
+          batch['target_mouth'], real.shape[-2], config.loss.get('mouth_box_pad', 0.25))
+    else:
+      colour_weight = weight
+    terms['g_colour'] = losses.l1_loss(out.colour, real, colour_weight)
   return terms
 
 
@@ -259,8 +270,8 @@ def train_step(state: ts.TrainState, batch: Batch,
       terms['g_lmark'] = losses.masked_landmark_loss(judged.landmarks,
                                                      target_lmark, mask)
     terms.update(_pixel_terms(
-        config, vg_net.VGNetOutput(frames, attention, colour, None),
-        batch['target_image'], pixel_weight_map))
+        config, vg_net.VGNetOutput(frames, attention, colour, None), batch,
+        pixel_weight_map))
     total = (terms['g_adv'] + terms.get('g_lmark', 0.0)
              + _pixel_total(config, terms))
     return total, (terms, new_d_stats)
@@ -316,7 +327,7 @@ def reconstruction_step(state: ts.TrainState, batch: Batch,
         state.g.variables(g_params, dtype), x['example_image'],
         x['target_lmark'], x['example_lmark'], train=True,
         rngs={'dropout': state.step_rng()}, mutable=['batch_stats'])
-    terms = _pixel_terms(config, out, batch['target_image'], weight)
+    terms = _pixel_terms(config, out, batch, weight)
     return _pixel_total(config, terms), (terms, updates['batch_stats'],
                                          out.attention)
 

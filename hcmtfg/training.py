@@ -266,7 +266,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> ts.TrainState:
               + '\n```')
   sink = summaries.MetricsSink(writer, num_steps=config.num_train_steps,
                                global_batch_size=config.batch_size,
-                               learning_rate=config.optim.learning_rate)
+                               learning_rate=ts.learning_rate_schedule(config.optim))
   eval_step = _EvalWithImages(
       trainer.jit_eval_step(config, mesh, **options),
       ts.jit_with_shardings(predict, config, mesh, donate_state=False,
