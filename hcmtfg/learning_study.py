@@ -352,7 +352,8 @@ def format_markdown(study: dict[str, Any], numbers: dict[str, Any]) -> str:
       "# Learning study: the paper's ablation", "",
       f"VG-net alone on the true landmarks (`hcmtfg.evaluation`, path "
       f"`{PATH}`) of the `{s['split']}` split of {s['dataset']} "
-      f"({numbers['num_clips'] or '–'} clips"
+      f"({numbers['num_clips'] or '–'} clip"
+      f"{'' if numbers['num_clips'] == 1 else 's'}"
       + (f", at most {s['max_clips']}" if s["max_clips"] else "")
       + f"; frames {numbers['image_size'] or '–'}×{numbers['image_size'] or '–'}), "
       f"evaluated every {s['eval_every']} training steps of "
