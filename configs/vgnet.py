@@ -19,6 +19,8 @@ Variants (the argument after ':'), each run with the one trainer:
 
 Overrides: `--config.loss.pixel=l1` (the paper's plain-L1 ablation),
 `--config.model.regress_landmarks=False` (plain sequence discriminator),
+`--config.model.generator.use_attention=False` (no attention: colour output
+only),
 `--config.image_size=96` (changes the data and both networks), and
 `--config.init_from=CONVERTED` to start from converted release weights
 (vgnet/ and, if present, discriminator/ of launch.convert_checkpoint's output).
@@ -61,6 +63,10 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   # 3x3 conv algorithm (hcmtfg.models.winograd): 'auto' (Winograd on CPU for
   # large batches), 'direct', 'winograd2', 'winograd4'. Same parameters.
   c.model.generator.conv_algorithm = 'auto'
+  # True: frames blend the colour map with the photo by the attention map (the
+  # paper); False: the paper's no-attention ablation, frames are the colour
+  # map alone (same parameters, so release weights and checkpoints load).
+  c.model.generator.use_attention = True
   c.model.discriminator = ml_collections.ConfigDict()  # Discriminator fields.
   c.model.discriminator.image_size = size  # S.
   c.model.discriminator.base_width = 64  # First frame conv width.

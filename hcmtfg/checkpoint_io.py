@@ -9,8 +9,9 @@ Two directory layouts are accepted for each network, detected from the files:
     <workdir>/checkpoints/<step>/state   Orbax train state (TrainState pytree);
                                      the network is `g` (params, batch_stats)
     <workdir>/landmark_pca.npz       AT-net only: the PCA used in training
-  The newest step is read, and only `g.params` / `g.batch_stats` (partial
-  restore into host numpy arrays: no optimiser structure, no device mesh).
+  The newest step is read (or a given one, `load_network(step=)`), and only
+  `g.params` / `g.batch_stats` (partial restore into host numpy arrays: no
+  optimiser structure, no device mesh).
   Training workdirs may be local or on GCS (gs://, via etils.epath). Local
   paths may be relative or start with `~` (`hcmtfg.paths.user_path`).
 * a converted release checkpoint (`launch.convert_checkpoint`,
@@ -76,11 +77,18 @@ class LoadedNetwork:
   pca: landmarks_lib.Pca | None = None
 
 
-def load_network(directory: str | os.PathLike, name: str) -> LoadedNetwork:
+def load_network(directory: str | os.PathLike, name: str, *,
+                 step: int | None = None) -> LoadedNetwork:
   """Loads 'atnet' or 'vgnet' from a training workdir or a converted checkpoint.
 
+  Args:
+    directory: the training workdir or converted-checkpoint folder.
+    name: 'atnet' or 'vgnet'.
+    step: a training workdir's checkpoint step to read (one of
+      `saved_steps`); None = the newest. Converted checkpoints have no steps.
+
   Raises:
-    InputError: see the module docstring.
+    InputError: see the module docstring; also a `step` that is not saved.
   """
   if name not in _NETWORKS:
     raise ValueError(f"name must be one of {sorted(_NETWORKS)}, got {name!r}")
@@ -91,13 +99,18 @@ def load_network(directory: str | os.PathLike, name: str) -> LoadedNetwork:
     raise InputError(root, f"{_LABELS[name]} checkpoint directory not found")
   if not root.is_dir():
     raise InputError(root, f"{_LABELS[name]} checkpoint must be a directory")
+  converted = ((root / name / CONVERTED_VARIABLES).is_dir()
+               or (root / CONVERTED_VARIABLES).is_dir())
+  if converted and step is not None:
+    raise InputError(root, f"is a converted checkpoint: it has no training "
+                     f"steps (asked for step {step})")
   if (root / name / CONVERTED_VARIABLES).is_dir():
     return _load_converted(root, name)
   if (root / CONVERTED_VARIABLES).is_dir():
     return _load_converted(root.parent, root.name, expected=name)
   # `root / CONFIG_FILE` may be remote: epath handles gs:// through tf.io.gfile.
   if (root / CONFIG_FILE).is_file() or (root / CHECKPOINTS_DIR).is_dir():
-    return _load_training(root, name)
+    return _load_training(root, name, step)
   raise InputError(
       root, f"not a {_LABELS[name]} checkpoint: neither a training workdir "
       f"({CONFIG_FILE} + {CHECKPOINTS_DIR}/) nor a converted checkpoint "
@@ -173,15 +186,21 @@ def _load_converted(parent: epath.Path, item: str,
                        pca)
 
 
-def _latest_step(checkpoints: epath.Path) -> int | None:
+def saved_steps(workdir: str | os.PathLike) -> list[int]:
+  """The checkpoint steps of a training workdir, ascending ([] if none).
+
+  Only committed steps count (Orbax writes a step under a temporary name and
+  renames it when complete).
+  """
+  checkpoints = epath.Path(workdir) / CHECKPOINTS_DIR
   if not checkpoints.is_dir():
-    return None
-  steps = [int(p.name) for p in checkpoints.iterdir()
-           if p.name.isdigit() and (p / STATE_ITEM).is_dir()]
-  return max(steps) if steps else None
+    return []
+  return sorted(int(p.name) for p in checkpoints.iterdir()
+                if p.name.isdigit() and (p / STATE_ITEM).is_dir())
 
 
-def _load_training(root: epath.Path, name: str) -> LoadedNetwork:
+def _load_training(root: epath.Path, name: str,
+                   step: int | None = None) -> LoadedNetwork:
   config_path = root / CONFIG_FILE
   if not config_path.is_file():
     raise InputError(config_path, "missing: a training workdir needs the "
@@ -201,9 +220,14 @@ def _load_training(root: epath.Path, name: str) -> LoadedNetwork:
     raise InputError(root, "is an AT-net training workdir (its config has no "
                      "model.generator), but a VG-net one was expected")
   module = _build(name, model["generator"] if is_vgnet else model, config_path)
-  step = _latest_step(root / CHECKPOINTS_DIR)
-  if step is None:
+  steps = saved_steps(root)
+  if not steps:
     raise InputError(root / CHECKPOINTS_DIR, "no saved checkpoint step found")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise InputError(root / CHECKPOINTS_DIR, f"has no checkpoint of step "
+                     f"{step} (saved: {', '.join(map(str, steps))})")
   state_dir = root / CHECKPOINTS_DIR / str(step) / STATE_ITEM
   variables = _restore_generator_variables(state_dir)
   variables = _check_variables(module, variables, state_dir, config_path)

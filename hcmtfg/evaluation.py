@@ -15,6 +15,11 @@ For every clip of the split (T frames, the stored landmarks and MFCC):
 * copy_example: no network, the example image repeated (at S): the baseline a
   generator has to beat (a still face scores well on SSIM and PSNR).
 
+`evaluate(paths=...)` runs a subset: without 'cascade' AT-net is not needed
+(a VG-net-only `generate.Generator`, atnet None) and the atnet/* metrics are
+left out; e.g. the learning study scores ('gt_landmarks',) at each checkpoint
+and ('copy_example',) once.
+
 Metrics (`hcmtfg.metrics`), per clip as frame means, then mean and standard
 deviation over clips:
 
@@ -121,7 +126,8 @@ def _vgnet_chunk(module, variables, carry, image_BxSxSx3, target_BxCx136,
 class _Pending:
   """A dispatched batch: its clips and device arrays of its outputs."""
   clips: list[Clip]
-  raw_coefs: Any  # (B, L, k)
+  paths: tuple[str, ...]  # the evaluated paths (of PATHS)
+  raw_coefs: Any  # (B, L, k) AT-net's prediction; None without 'cascade'
   frames: dict[str, Any]  # path -> (B, L, S, S, 3) uint8
   driving: dict[str, Any]  # path -> (B, L, 136) landmarks given to VG-net (x scale)
 
@@ -132,9 +138,10 @@ def _pad_time(x: np.ndarray, length: int) -> np.ndarray:
 
 
 def dispatch_batch(generator, clips: Sequence[Clip], batch_size: int,
-                   chunk_frames: int, coef_gain: np.ndarray) -> _Pending:
-  """Runs both paths on a batch of clips (padded to `batch_size` clips and to
-  whole chunks); returns without waiting for the device."""
+                   chunk_frames: int, coef_gain: np.ndarray,
+                   paths: Sequence[str] = PATHS) -> _Pending:
+  """Runs the network `paths` on a batch of clips (padded to `batch_size`
+  clips and to whole chunks); returns without waiting for the device."""
   pca, scale = generator.pca, generator.pca.scale
   s = generator.image_size
   n_max = max(c.frames.shape[0] - 1 for c in clips)
@@ -156,18 +163,20 @@ def dispatch_batch(generator, clips: Sequence[Clip], batch_size: int,
   comps = jnp.asarray(pca.components, jnp.float32)
   mean = jnp.asarray(pca.mean, jnp.float32)
   ex_pca = ex_coef @ comps.T + mean  # the example through the PCA (generate)
-  carry = streaming.atnet_initial_carry(generator.atnet, batch_size)
-  coefs = []
-  for k in range(0, length, chunk_frames):
-    out, carry = generate.atnet_step(generator.atnet, generator.atnet_variables, carry,
-                              ex_coef, windows[:, k:k + chunk_frames])
-    coefs.append(out)
-  raw = jnp.concatenate(coefs, axis=1)
-  targets = {"cascade": (raw * jnp.asarray(coef_gain)) @ comps.T + mean,
-             "gt_landmarks": gt}
+  targets, raw = {"gt_landmarks": gt}, None
+  if "cascade" in paths:
+    carry = streaming.atnet_initial_carry(generator.atnet, batch_size)
+    coefs = []
+    for k in range(0, length, chunk_frames):
+      out, carry = generate.atnet_step(generator.atnet, generator.atnet_variables, carry,
+                                ex_coef, windows[:, k:k + chunk_frames])
+      coefs.append(out)
+    raw = jnp.concatenate(coefs, axis=1)
+    targets["cascade"] = (raw * jnp.asarray(coef_gain)) @ comps.T + mean
   examples = {"cascade": ex_pca, "gt_landmarks": ex_raw}
   frames = {}
-  for path in NETWORK_PATHS:
+  network_paths = [p for p in NETWORK_PATHS if p in paths]
+  for path in network_paths:
     carry = streaming.vgnet_initial_carry(generator.vgnet, batch_size)
     chunks = []
     for k in range(0, length, chunk_frames):
@@ -176,7 +185,8 @@ def dispatch_batch(generator, clips: Sequence[Clip], batch_size: int,
                                 examples[path])
       chunks.append(out)
     frames[path] = jnp.concatenate(chunks, axis=1)
-  return _Pending(list(clips), raw, frames, targets)
+  return _Pending(list(clips), tuple(paths), raw, frames,
+                  {p: targets[p] for p in network_paths})
 
 
 def resize_frames(frames: np.ndarray, size: int,
@@ -253,12 +263,13 @@ def frame_scores(reference: dict[str, Any], fake: np.ndarray, analyzer,
   return scores
 
 
-def score_clip(clip: Clip, raw_coefs: np.ndarray,
+def score_clip(clip: Clip, raw_coefs: np.ndarray | None,
                frames: dict[str, np.ndarray], generator, analyzer,
-               driving: dict[str, np.ndarray]) -> dict[str, Any]:
-  """Every metric of one clip: raw_coefs (>= n, k), frames[path]
-  (>= n, S, S, 3) and driving[path] (>= n, 136) (the landmarks VG-net was
-  given) of its n = T - 1 scored frames."""
+               driving: dict[str, np.ndarray],
+               paths: Sequence[str] = PATHS) -> dict[str, Any]:
+  """Every metric of one clip on `paths`: raw_coefs (>= n, k) (None without
+  'cascade'), frames[path] (>= n, S, S, 3) and driving[path] (>= n, 136)
+  (the landmarks VG-net was given) of its n = T - 1 scored frames."""
   n = clip.frames.shape[0] - 1
   reference = real_reference(clip, analyzer)
   truth = reference["true_aperture"]
@@ -269,22 +280,23 @@ def score_clip(clip: Clip, raw_coefs: np.ndarray,
     row[f"real/{key}"] = value
   apertures = {"copy_example": truth,  # not driven: no driving_aperture_std
                **{path: mouth_metrics.inner_lip_aperture(driving[path][:n])
-                  for path in NETWORK_PATHS}}
+                  for path in NETWORK_PATHS if path in paths}}
   s = generator.image_size
   example = cv2.resize(clip.frames[0], (s, s), interpolation=cv2.INTER_AREA)
   fakes = {"copy_example": np.repeat(example[None], n, axis=0),
-           **{path: frames[path][:n] for path in NETWORK_PATHS}}
-  for path in PATHS:
+           **{path: frames[path][:n] for path in NETWORK_PATHS if path in paths}}
+  for path in (p for p in PATHS if p in paths):
     scores = frame_scores(reference, fakes[path], analyzer, apertures[path])
     if path == "copy_example":
       del scores["driving_aperture_std"]
     for key, value in scores.items():
       row[f"{path}/{key}"] = value
-  target = landmarks_lib.project(generator.pca, clip.normalized[1:])
-  errors = metrics_lib.atnet_errors(raw_coefs[:n], target, generator.pca,
-                                    clip.landmarks[1:])
-  row.update({f"atnet/{k.replace('/', '_')}": v for k, v in errors.items()})
-  row["atnet/aperture_r"] = mouth_metrics.pearson(apertures["cascade"], truth)
+  if "cascade" in paths:
+    target = landmarks_lib.project(generator.pca, clip.normalized[1:])
+    errors = metrics_lib.atnet_errors(raw_coefs[:n], target, generator.pca,
+                                      clip.landmarks[1:])
+    row.update({f"atnet/{k.replace('/', '_')}": v for k, v in errors.items()})
+    row["atnet/aperture_r"] = mouth_metrics.pearson(apertures["cascade"], truth)
   return row
 
 
@@ -294,7 +306,7 @@ def score_batch(pending: _Pending, generator, analyzers: Sequence[Any],
   """Per-clip metric dicts of a dispatched batch (waits for the device); clips
   are scored in parallel on `executor`, each task with an analyzer of its own
   (dlib objects are not shared between threads)."""
-  raw = np.asarray(pending.raw_coefs)
+  raw = None if pending.raw_coefs is None else np.asarray(pending.raw_coefs)
   frames = {p: np.asarray(v) for p, v in pending.frames.items()}
   driving = {p: np.asarray(v) for p, v in pending.driving.items()}
   idle = queue.Queue()
@@ -304,9 +316,10 @@ def score_batch(pending: _Pending, generator, analyzers: Sequence[Any],
   def task(b: int) -> dict[str, Any]:
     analyzer = idle.get()
     try:
-      return score_clip(pending.clips[b], raw[b],
+      return score_clip(pending.clips[b], None if raw is None else raw[b],
                         {p: v[b] for p, v in frames.items()}, generator,
-                        analyzer, {p: v[b] for p, v in driving.items()})
+                        analyzer, {p: v[b] for p, v in driving.items()},
+                        pending.paths)
     finally:
       idle.put(analyzer)
 
@@ -332,11 +345,12 @@ def aggregate(per_clip: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]
 def evaluate(generator, clips: Iterable[Clip], *, analyzers: Sequence[Any],
              batch_size: int = 4, chunk_frames: int = 32,
              release_coef_scaling: bool | None = None,
-             progress=None) -> dict[str, Any]:
-  """Evaluates every path on `clips`; returns {'metrics', 'per_clip', ...}.
+             progress=None, paths: Sequence[str] = PATHS) -> dict[str, Any]:
+  """Evaluates `paths` on `clips`; returns {'metrics', 'per_clip', ...}.
 
   Args:
-    generator: `generate.load_generator_networks(...)`.
+    generator: `generate.load_generator_networks(...)`, or a VG-net-only
+      `generate.Generator` (atnet None) when `paths` has no 'cascade'.
     clips: e.g. `read_clips(builder, 'test')`; clips need >= 2 frames.
     analyzers: `hcmtfg.face.FaceAnalyzer`s (LMD), one per scoring thread:
       the clips of a batch are scored on len(analyzers) threads (numpy,
@@ -346,15 +360,24 @@ def evaluate(generator, clips: Iterable[Clip], *, analyzers: Sequence[Any],
       and the first batch's longest clip minus its example frame).
     release_coef_scaling: None = the generator's default.
     progress: a tqdm-like object (`update(n)`), or None.
+    paths: the paths to evaluate, a non-empty subset of `PATHS` (all).
   """
+  unknown = sorted(set(paths) - set(PATHS))
+  if unknown or not paths:
+    raise ValueError(f"paths must be a non-empty subset of {PATHS}, got "
+                     f"{tuple(paths)}")
+  paths = tuple(p for p in PATHS if p in paths)
+  if "cascade" in paths and generator.atnet is None:
+    raise ValueError("the 'cascade' path needs an AT-net; this generator has "
+                     "none")
   if generator.vgnet.convgru_over_batch_axis and batch_size != 1:
     logging.info("release ConvGRU mode: evaluating one clip at a time")
     batch_size = 1
   scaling = (generator.release_coef_scaling if release_coef_scaling is None
              else release_coef_scaling)
-  k = generator.atnet.pca_dim
+  k = generator.pca.num_components
   gain = np.ones(k, np.float32)
-  if scaling:
+  if scaling and "cascade" in paths:
     gain[1:6] = generate.RELEASE_COEF_GAIN[:max(min(k, 6) - 1, 0)]
   per_clip, pending, batch, chunk = [], None, [], None
   executor = (concurrent.futures.ThreadPoolExecutor(len(analyzers))
@@ -365,7 +388,7 @@ def evaluate(generator, clips: Iterable[Clip], *, analyzers: Sequence[Any],
     nonlocal pending, batch, chunk
     if chunk is None:
       chunk = max(1, min(chunk_frames, max(c.frames.shape[0] - 1 for c in batch)))
-    current = dispatch_batch(generator, batch, batch_size, chunk, gain)
+    current = dispatch_batch(generator, batch, batch_size, chunk, gain, paths)
     if pending is not None:
       per_clip.extend(score(pending))
       if progress is not None:
@@ -392,5 +415,5 @@ def evaluate(generator, clips: Iterable[Clip], *, analyzers: Sequence[Any],
   return {"num_clips": len(per_clip),
           "num_frames": int(sum(r["frames"] for r in per_clip)),
           "example_frame": 0, "image_size": generator.image_size,
-          "release_coef_scaling": bool(scaling),
+          "release_coef_scaling": bool(scaling), "paths": list(paths),
           "metrics": aggregate(per_clip), "per_clip": per_clip}

@@ -115,7 +115,9 @@ class Generator:
   process, and shared by every Generator with the same configs.
 
   Attributes:
-    atnet, vgnet: the modules.
+    atnet, vgnet: the modules; atnet may be None for a VG-net-only generator
+      that renders given landmarks (`evaluation.evaluate` without the
+      'cascade' path); `generate` and `predict_landmarks` need AT-net.
     atnet_variables, vgnet_variables: their variables on the default device,
       plus the Winograd kernel transforms of their weights
       (`hcmtfg.models.winograd.with_transformed_kernels`).
@@ -128,14 +130,15 @@ class Generator:
   def __init__(self, atnet, atnet_variables, vgnet, vgnet_variables,
                pca: landmarks_lib.Pca, *, release_coef_scaling: bool = False,
                sources: dict[str, str] | None = None):
-    if pca.num_components != atnet.pca_dim:
+    if atnet is not None and pca.num_components != atnet.pca_dim:
       raise ValueError(f"the PCA has {pca.num_components} components, AT-net "
                        f"predicts {atnet.pca_dim}")
     self.atnet, self.vgnet, self.pca = atnet, vgnet, pca
     # Fixed weights: the Winograd convolutions' kernel transforms are
     # computed once here instead of in every chunk step.
-    self.atnet_variables = jax.device_put(winograd.with_transformed_kernels(
-        atnet, atnet_variables, *atnet.dummy_inputs(), train=False))
+    self.atnet_variables = None if atnet is None else jax.device_put(
+        winograd.with_transformed_kernels(atnet, atnet_variables,
+                                          *atnet.dummy_inputs(), train=False))
     self.vgnet_variables = jax.device_put(winograd.with_transformed_kernels(
         vgnet, vgnet_variables, *vgnet.dummy_inputs(), train=False))
     self.release_coef_scaling = bool(release_coef_scaling)
@@ -192,6 +195,31 @@ def load_generator_networks(atnet_workdir: str | os.PathLike,
                    sources={"atnet": atnet.path, "vgnet": vgnet.path})
 
 
+def load_vgnet_generator(vgnet_workdir: str | os.PathLike, *,
+                         step: int | None = None,
+                         pca_path: str | os.PathLike | None = None
+                         ) -> Generator:
+  """A VG-net-only `Generator` (atnet None): renders given landmarks, e.g.
+  `evaluation.evaluate(paths=('gt_landmarks',))`.
+
+  Args:
+    vgnet_workdir: VG-net training workdir or converted checkpoint folder.
+    step: the training checkpoint step to read (None: the newest).
+    pca_path: landmark PCA when none sits beside the weights (its scale is the
+      landmark convention); as `load_generator_networks`.
+
+  Raises:
+    InputError: missing or unreadable checkpoint or step, no PCA.
+  """
+  vgnet = checkpoint_io.load_network(vgnet_workdir, "vgnet", step=step)
+  pca = checkpoint_io.load_pca_from(pca_path) if pca_path else vgnet.pca
+  if pca is None:
+    raise InputError(vgnet_workdir, "no landmark PCA found beside the VG-net "
+                     f"weights ({checkpoint_io.PCA_FILE}); pass one")
+  return Generator(None, None, vgnet.module, vgnet.variables, pca,
+                   sources={"vgnet": vgnet.path})
+
+
 @dataclasses.dataclass(frozen=True)
 class FrameChunk:
   """Consecutive generated frames [start, start + n).
@@ -241,6 +269,8 @@ def predict_landmarks(generator: Generator, photo: PreparedPhoto,
                      f"shape {signal.shape}")
   if chunk_frames < 1:
     raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+  if generator.atnet is None:
+    raise ValueError("this generator has no AT-net (VG-net only)")
   _, windows_Tx28x12 = audio_lib.speech_features(signal)
   pca = generator.pca
   example_coef = landmarks_lib.project(pca, photo.landmarks).astype(np.float32)

@@ -196,6 +196,33 @@ def test_batched_chunked_paths_equal_direct_computation(generator, clips):
   assert (cascade != truth).mean() > 1e-3, "true landmarks give the cascade's frames"
 
 
+def test_vgnet_only_generator_evaluates_a_subset_of_paths(
+    generator, workdirs, clips, analyzer):
+  vgnet_only = generate.load_vgnet_generator(workdirs[1])
+  assert vgnet_only.atnet is None and vgnet_only.pca.scale == generator.pca.scale
+  run = lambda g, paths: evaluation.evaluate(  # batch padded to 3 clips
+      g, clips[:1], analyzers=[analyzer], batch_size=3, chunk_frames=8,
+      paths=paths)
+  every = run(generator, evaluation.PATHS)
+  alone = run(vgnet_only, ("gt_landmarks",))
+  assert alone["paths"] == ["gt_landmarks"] and alone["num_clips"] == 1
+  kept = {k for k in every["metrics"] if k.startswith(("gt_landmarks/", "real/"))}
+  assert set(alone["metrics"]) == kept  # no cascade, baseline or atnet/*
+  for key in kept:
+    a, b = alone["metrics"][key], every["metrics"][key]
+    assert a["mean"] == pytest.approx(b["mean"], nan_ok=True), key
+  baseline = run(vgnet_only, ("copy_example",))
+  assert {k.split("/")[0] for k in baseline["metrics"]} == {"copy_example", "real"}
+  assert baseline["metrics"]["copy_example/plain/psnr"] == (
+      every["metrics"]["copy_example/plain/psnr"])
+  with pytest.raises(ValueError, match="AT-net"):
+    run(vgnet_only, ("cascade", "gt_landmarks"))
+  with pytest.raises(ValueError, match="subset"):
+    run(vgnet_only, ("gt_landmark",))
+  with pytest.raises(ValueError, match="no AT-net"):
+    generate.predict_landmarks(vgnet_only, None, np.zeros(16000, np.float32))
+
+
 def test_evaluate_cli_writes_table_and_finite_metrics(workdirs, tiny_data,
                                                       tmp_path, capsys):
   out = tmp_path / "eval"

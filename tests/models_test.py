@@ -148,6 +148,42 @@ def test_vgnet_shapes_ranges_and_intermediates(tiny_vgnet):
                              atol=1e-5)
 
 
+def test_vgnet_without_attention_outputs_the_colour_map(tiny_vgnet):
+  """use_attention=False (the no-attention ablation): frames = C, A = 1, the
+  same parameter tree, and no gradient reaches the attention head."""
+  from hcmtfg import losses  # pylint: disable=g-import-not-at-top
+  jitted, variables, inputs = tiny_vgnet
+  module = models.VGNet(**TINY_VGNET, use_attention=False)
+  assert models.VGNet.from_config(module.to_config()) == module
+  shapes = lambda m: jax.tree.map(lambda x: x.shape, jax.eval_shape(
+      lambda: m.init(_rngs(), *m.dummy_inputs(), train=False)))
+  assert shapes(module) == shapes(jitted.module)  # the same weights load
+  full, _ = jitted.eval(variables, *inputs)
+  out, _ = _Jitted(module).eval(variables, *inputs)
+  np.testing.assert_allclose(out.colour, full.colour, atol=1e-6)
+  np.testing.assert_array_equal(out.frames, out.colour)
+  np.testing.assert_array_equal(out.attention, np.ones_like(full.attention))
+  np.testing.assert_array_equal(out.lmark_attention, full.lmark_attention)
+  assert float(jnp.max(jnp.abs(out.frames - full.frames))) > 0.1
+  # The dynamic pixel-wise loss, |fake - real| * (A + 0.5), is then 1.5 x L1.
+  real = jnp.zeros_like(out.frames)
+  assert float(losses.dynamic_pixel_loss(out.frames, real, out.attention)) == (
+      pytest.approx(1.5 * float(losses.l1_loss(out.frames, real)), rel=1e-6))
+
+  @jax.jit
+  def head_grads(params):
+    def loss(p):
+      frames = module.apply({**variables, "params": p},
+                            *(x[:2] for x in inputs), train=False).frames
+      return jnp.mean(jnp.abs(frames - 0.3))
+    g = jax.grad(loss)(params)
+    return g["generator_attention"], g["generator_color"]
+
+  attention_grad, colour_grad = head_grads(variables["params"])
+  assert all(not np.any(x) for x in jax.tree.leaves(attention_grad))
+  assert all(np.any(x) for x in jax.tree.leaves(colour_grad))
+
+
 def test_vgnet_rejects_bad_image_size():
   module = models.VGNet(**{**TINY_VGNET, "image_size": 40})
   with pytest.raises(ValueError, match="multiple of 16"):

@@ -18,6 +18,7 @@ S = image_size = 128; "conv(c, k, s)" = Conv (no bias) + BatchNorm + ReLU):
   base             2 x up (b, b/2) -> (S, S, b/2)
   heads            colour = tanh(Conv7x7(3)), attention = sigmoid(Conv7x7(1))
   frame            attention * colour + (1 - attention) * example image
+                   (use_attention=False, the paper's ablation: colour alone)
 The landmark encoder's (S/16, S/16) map must match image_encoder2's output, so
 image_size must be a multiple of 16.
 """
@@ -76,6 +77,11 @@ class VGNet(nn.Module):
       `hcmtfg.models.winograd.ALGORITHMS` ('auto': Winograd on CPU for large
       batches of frames or cached transforms); parameters and results (up to
       float rounding) are the same whatever it is.
+    use_attention: True (the paper): frames blend the colour map with the
+      example image by the attention map. False: the paper's no-attention
+      ablation, frames are the colour map alone and `attention` is all ones
+      (so the dynamic pixel-wise loss is 1.5 x L1); the attention head keeps
+      its parameters (unused, with zero gradients), so weights load either way.
   """
   image_size: int = 128
   base_width: int = 64
@@ -89,6 +95,7 @@ class VGNet(nn.Module):
   dropout_rate: float = 0.5
   per_frame_batch_stats: bool = True
   conv_algorithm: str = "auto"
+  use_attention: bool = True
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> VGNet:
@@ -221,6 +228,9 @@ class VGNet(nn.Module):
         [bias for _, bias in heads]).astype(dtype)
     colour = jnp.tanh(y[..., :3])
     attention = jax.nn.sigmoid(y[..., 3:])
+    if not self.use_attention:  # colour output only
+      return VGNetOutput(frames=colour, attention=jnp.ones_like(attention),
+                         colour=colour, lmark_attention=lmark_att)
     frames = attention * colour + (1.0 - attention) * image_BxHxWx3[:, None]
     return VGNetOutput(frames=frames, attention=attention, colour=colour,
                        lmark_attention=lmark_att)
