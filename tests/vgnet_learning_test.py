@@ -29,8 +29,8 @@ from hcmtfg import mouth_metrics
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLIPS = 10  # the tiny corpus the other tests share (one build per worker)
-STEPS = 200  # warm-up steps then GAN steps; ~1 minute on 2 CPU cores
-GAN_STEPS = 20
+STEPS = 600  # warm-up steps then GAN steps; ~1.5 minutes on 2 CPU cores
+GAN_STEPS = 10
 SCALE = landmarks_lib.RELEASE_PCA_SCALE  # VG-net's landmark convention
 CUBIC = 2  # cv2.INTER_CUBIC
 
@@ -77,18 +77,19 @@ def render(network, clip, still: bool = False) -> np.ndarray:
                     np.uint8)
 
 
-def scores(frames, clip, analyzer) -> dict[str, float]:
-  """Aperture r / std against the true landmarks, and LMD against the real
-  frames (both at 128x128, the evaluation's conventions)."""
-  talk = mouth_metrics.talking_metrics(frames, clip.normalized[1:], None,
-                                       analyzer=analyzer)
-  real = mouth_metrics.talking_metrics(clip.frames[1:], clip.normalized[1:],
-                                       None, analyzer=analyzer)
-  big = evaluation.resize_frames(frames, clip.frames.shape[1], CUBIC)
-  points, _, _ = mouth_metrics.frame_landmarks(big, analyzer)
-  real_points, _, _ = mouth_metrics.frame_landmarks(clip.frames[1:], analyzer)
-  return {'r': talk['aperture_r'], 'std': talk['aperture_std'],
-          'real_std': real['aperture_std'],
+def mouth_points(frames, analyzer) -> np.ndarray:
+  """dlib's 68 points on `frames` enlarged to 128x128, as the evaluation."""
+  big = evaluation.resize_frames(frames, 128, CUBIC)
+  return mouth_metrics.frame_landmarks(big, analyzer)[0]
+
+
+def scores(points, real_points, clip) -> dict[str, float]:
+  """Aperture r / std against the true landmarks, LMD against the real
+  frames' points."""
+  aperture = mouth_metrics.inner_lip_aperture(points)
+  driving = mouth_metrics.inner_lip_aperture(clip.normalized[1:])
+  return {'r': mouth_metrics.pearson(aperture, driving),
+          'std': float(np.nanstd(aperture)),
           'lmd': metrics_lib.lmd(real_points, points)}
 
 
@@ -101,17 +102,22 @@ def test_tiny_vgnet_moves_the_mouth_on_held_out_clips(trained):
            for c in evaluation.read_clips(builder, split)]
   assert len(clips) == 2
   for clip in clips:
-    learnt = scores(render(network, clip), clip, analyzer)
-    still = scores(render(network, clip, still=True), clip, analyzer)
+    real_points = mouth_points(clip.frames[1:], analyzer)
+    real_std = float(np.nanstd(mouth_metrics.inner_lip_aperture(real_points)))
     example = evaluation.resize_frames(clip.frames[:1],
                                        network.module.image_size)
-    copy = scores(np.repeat(example, len(clip.frames) - 1, 0), clip, analyzer)
-    message = f'{clip.clip_id}: learnt {learnt}, still {still}, copy {copy}'
-    # The mouth follows the driving landmarks, as much as the real one moves.
-    assert learnt['r'] > 0.6, message
-    assert learnt['std'] > 0.5 * learnt['real_std'], message
+    learnt, still, copy = (
+        scores(mouth_points(frames, analyzer), real_points, clip)
+        for frames in (render(network, clip), render(network, clip, True),
+                       np.repeat(example, len(clip.frames) - 1, 0)))
+    message = (f'{clip.clip_id}: real aperture std {real_std:.4f}; learnt '
+               f'{learnt}, still landmarks {still}, example repeated {copy}')
+    # The mouth follows the driving landmarks and moves about as much as the
+    # real one.
+    assert learnt['r'] > 0.8, message
+    assert learnt['std'] > 0.3 * real_std, message
     # The baseline and the landmark-blind control do not move it.
-    assert copy['std'] < 0.1 * learnt['real_std'], message
-    assert not still['std'] > 0.5 * learnt['real_std'], message
+    assert copy['std'] < 0.05 * real_std, message
+    assert still['std'] < 0.3 * real_std, message
     # Closer to the real mouth shapes than the example frame repeated.
-    assert learnt['lmd'] < copy['lmd'], message
+    assert learnt['lmd'] < 0.8 * copy['lmd'], message
