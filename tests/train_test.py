@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from skimage import metrics as skimage_metrics
 
 from hcmtfg import checkpointing
 from hcmtfg import sharding
@@ -632,7 +633,6 @@ def test_vgnet_eval_metrics(vgnet_run, mesh1):
 
 
 def test_ssim_and_psnr_match_references():
-  skimage_metrics = pytest.importorskip('skimage.metrics')
   rs = np.random.RandomState(0)
   a = rs.uniform(0, 1, (2, 24, 20, 3)).astype(np.float32)
   b = np.clip(a + 0.1 * rs.randn(*a.shape), 0, 1).astype(np.float32)
