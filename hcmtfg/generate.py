@@ -108,6 +108,20 @@ def _vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
           to_uint8(out.colour[0]), carry)
 
 
+def vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
+               example_lmark_1x136, components_136xk, mean_136):
+  """VG-net on one chunk of C frames, jitted once per (module, shapes).
+
+  The coefficients are back-projected to landmarks on the device.
+
+  Returns:
+    (frames (C, S, S, 3) uint8, attention (C, S, S) float32, colour (C, S, S,
+    3) uint8, carry), all on the device.
+  """
+  return _vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
+                     example_lmark_1x136, components_136xk, mean_136)
+
+
 class Generator:
   """AT-net + VG-net with their weights and the landmark PCA.
 
@@ -249,8 +263,9 @@ def predict_landmarks(generator: Generator, photo: PreparedPhoto,
   for _, n, chunk in _padded_chunks(windows_Tx28x12, chunk_frames):
     coefs, carry = atnet_step(generator.atnet, generator.atnet_variables, carry,
                                example_coef[None], chunk[None])
-    outputs.append(coefs[0, :n])
-  raw = np.asarray(jnp.concatenate(outputs), np.float32)
+    # Sliced and joined on the host: no executable depends on the length.
+    outputs.append(np.asarray(coefs)[0, :n])
+  raw = np.concatenate(outputs).astype(np.float32)
   scaling = (generator.release_coef_scaling if release_coef_scaling is None
              else release_coef_scaling)
   coefs = raw.copy()
@@ -303,7 +318,7 @@ def generate_chunks(generator: Generator, photo: PreparedPhoto,
   pending = None
   for start, n, coefs in _padded_chunks(predicted.coefs, chunk_frames):
     # Dispatch this chunk before fetching the previous one (async dispatch).
-    frames, attention, colour, carry = _vgnet_step(
+    frames, attention, colour, carry = vgnet_step(
         generator.vgnet, generator.vgnet_variables, carry, image,
         jnp.asarray(coefs[None]), example, generator.pca_components,
         generator.pca_mean)
@@ -315,8 +330,8 @@ def generate_chunks(generator: Generator, photo: PreparedPhoto,
 
 
 def _fetch(start, n, frames, attention, colour, lmarks) -> FrameChunk:
-  return FrameChunk(start, np.asarray(frames[:n]), np.asarray(attention[:n]),
-                    np.asarray(colour[:n]), lmarks[start:start + n])
+  return FrameChunk(start, np.asarray(frames)[:n], np.asarray(attention)[:n],
+                    np.asarray(colour)[:n], lmarks[start:start + n])
 
 
 @dataclasses.dataclass(frozen=True)
