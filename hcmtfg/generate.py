@@ -44,6 +44,8 @@ import numpy as np
 
 from hcmtfg import audio as audio_lib
 from hcmtfg import checkpoint_io
+from hcmtfg import compile_cache
+from hcmtfg import exported
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import photo as photo_lib
 from hcmtfg import streaming
@@ -90,15 +92,21 @@ def _jitted_atnet_chunk():
 def atnet_step(module, variables, carry, example_coef_Bxk, mfcc_BxCx28x12):
   """AT-net on one chunk of B clips, jitted once per (module, shapes).
 
+  With the compilation cache on, runs from a stored export of the step
+  (`hcmtfg.exported`: no tracing after the first process).
+
   Returns `streaming.atnet_chunk`'s (coefficients (B, C, k), carry).
   """
+  if compile_cache.STATS.directory is not None:
+    step = exported.module_step("atnet_chunk", _atnet_chunk, module,
+                                at_net.compiler_options())
+    return step(variables, carry, example_coef_Bxk, mfcc_BxCx28x12)
   return _jitted_atnet_chunk()(module, variables, carry, example_coef_Bxk,
                                mfcc_BxCx28x12)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
-                example_lmark_1x136, components_136xk, mean_136):
+def _vgnet_chunk(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
+                 example_lmark_1x136, components_136xk, mean_136):
   """Frames (C, S, S, 3) uint8, attention (C, S, S), colour uint8, carry."""
   TRACE_COUNTS["vgnet"] += 1
   target = coefs_1xCxk @ components_136xk.T + mean_136  # landmarks x scale
@@ -106,6 +114,9 @@ def _vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
                                      target, example_lmark_1x136)
   return (to_uint8(out.frames[0]), out.attention[0, ..., 0],
           to_uint8(out.colour[0]), carry)
+
+
+_vgnet_step = jax.jit(_vgnet_chunk, static_argnums=(0,))
 
 
 def vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
@@ -118,6 +129,10 @@ def vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
     (frames (C, S, S, 3) uint8, attention (C, S, S) float32, colour (C, S, S,
     3) uint8, carry), all on the device.
   """
+  if compile_cache.STATS.directory is not None:
+    step = exported.module_step("vgnet_chunk", _vgnet_chunk, module)
+    return step(variables, carry, image_1xSxSx3, coefs_1xCxk,
+                example_lmark_1x136, components_136xk, mean_136)
   return _vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
                      example_lmark_1x136, components_136xk, mean_136)
 
@@ -148,10 +163,10 @@ class Generator:
     self.atnet, self.vgnet, self.pca = atnet, vgnet, pca
     # Fixed weights: the Winograd convolutions' kernel transforms are
     # computed once here instead of in every chunk step.
-    self.atnet_variables = jax.device_put(winograd.with_transformed_kernels(
-        atnet, atnet_variables, *atnet.dummy_inputs(), train=False))
-    self.vgnet_variables = jax.device_put(winograd.with_transformed_kernels(
-        vgnet, vgnet_variables, *vgnet.dummy_inputs(), train=False))
+    self.atnet_variables = jax.device_put(
+        exported.with_transformed_kernels(atnet, atnet_variables))
+    self.vgnet_variables = jax.device_put(
+        exported.with_transformed_kernels(vgnet, vgnet_variables))
     self.release_coef_scaling = bool(release_coef_scaling)
     self.sources = dict(sources or {})
     self.pca_components = jnp.asarray(pca.components, jnp.float32)
