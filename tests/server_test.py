@@ -226,6 +226,11 @@ def test_request_limits(server, media):
   assert status == 400 and answer["error"].startswith("photo (evil.png): ")
   assert not pathlib.Path("/tmp/evil.png").exists()
   assert request(server.url + "api/jobs/0123456789abcdef")[0] == 404
+  # Another site's page cannot post to it through the user's browser.
+  body, content_type = multipart({"image": photo, "audio": speech})
+  status, data, _ = request(server.url + "api/jobs", body, {
+      "Content-Type": content_type, "Origin": "http://evil.example"})
+  assert status == 403 and b"other sites" in data
 
 
 def test_server_is_healthy_and_clean_after_bad_requests(server, media):

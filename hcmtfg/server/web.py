@@ -120,7 +120,7 @@ class Server:
                      "chunk_frames": [self.runner.first_chunk_frames,
                                       self.runner.chunk_frames]},
         "compile_cache": compile_cache.STATS.snapshot(),
-        "compiled_chunk_steps": dict(generate.TRACE_COUNTS),
+        "traced_chunk_steps": dict(generate.TRACE_COUNTS),
     }
 
   def create_job(self, fields: dict[str, uploads.Field]) -> jobs_lib.Job:
@@ -167,6 +167,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   app: Server  # set on the subclass made by Server
   server_version = "hcmtfg"
   sys_version = ""
+  timeout = 120  # seconds a silent client may hold its connection
 
   def log_message(self, format, *args):  # pylint: disable=redefined-builtin
     logging.debug("%s %s", self.address_string(), format % args)
@@ -190,6 +191,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
   def _dispatch(self, method: str) -> None:
     path = urllib.parse.urlsplit(self.path).path
     try:
+      origin = self.headers.get("Origin")
+      if method in ("POST", "DELETE") and origin and urllib.parse.urlsplit(
+          origin).netloc != self.headers.get("Host"):
+        # Another site's page in the user's browser must not use the server.
+        raise uploads.UploadError(403, "requests from other sites' pages are "
+                                  "refused")
       if path == "/" and method in ("GET", "HEAD"):
         self._send(200, page(), "text/html; charset=utf-8",
                    {"Content-Security-Policy": _PAGE_CSP})
