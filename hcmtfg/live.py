@@ -253,13 +253,16 @@ def run(pipeline: pipeline_lib.Pipeline, photo: generate.PreparedPhoto,
   for begin in range(0, signal.size, block):
     end = min(begin + block, signal.size)
     if realtime:
-      wait = start + end / audio_lib.SAMPLE_RATE - clock()
+      # A microphone delivers the block when its last sample is recorded; if
+      # we are behind, the block waited for us and that counts as latency.
+      due = start + end / audio_lib.SAMPLE_RATE
+      wait = due - clock()
       if wait > 0:
         sleep(wait)
     now = clock()
     # Frames whose last sample came in this block are now fully heard.
     heard = total if end == signal.size else end // _FRAME_SAMPLES
-    arrived[begin // _FRAME_SAMPLES:heard] = now
+    arrived[begin // _FRAME_SAMPLES:heard] = due if realtime else now
     emit(stream.push(mfcc.push(signal[begin:end])))
     busy += clock() - now
   now = clock()
