@@ -55,7 +55,7 @@ _PORT = flags.DEFINE_integer("port", 8000, "Port (0: any free one).")
 _CHUNK = flags.DEFINE_integer("chunk_frames", generate.CHUNK_FRAMES,
                               "Frames per network call.")
 _FIRST_CHUNK = flags.DEFINE_integer(
-    "first_chunk_frames", 8, "Frames of the first network call of a video "
+    "first_chunk_frames", 4, "Frames of the first network call of a video "
     "(small: the first frames come sooner).")
 _MAX_UPLOAD = flags.DEFINE_float("max_upload_mb", 25.0, "Largest request "
                                  "(photo + speech), MiB.")

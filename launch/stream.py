@@ -101,6 +101,11 @@ def main(argv):
   warm = pipeline.warm_up((first, _CHUNK.value))
   if _FORMAT.value == "raw":
     sink = live.RawWriter(sys.stdout.buffer)
+    h, w = pipeline_lib.Renderer(photo, pipeline.image_size,
+                                 paste_back=_PASTE_BACK.value).frame_shape
+    print(f"raw rgb24 frames, {w}x{h} at 25 fps: | ffplay -f rawvideo "
+          f"-pixel_format rgb24 -video_size {w}x{h} -framerate 25 -",
+          file=sys.stderr, flush=True)
   else:
     sink = live.FragmentedMp4Writer(_OUTPUT.value, audio=track,
                                     audio_sample_rate=rate)
@@ -112,10 +117,6 @@ def main(argv):
   except BaseException:
     sink.abort()
     raise
-  if _FORMAT.value == "raw":
-    h, w = sink.shape
-    print(f"raw frames: ffplay -f rawvideo -pixel_format rgb24 -video_size "
-          f"{w}x{h} -framerate 25 -", file=sys.stderr)
   print(f"stream: {report.summary()}; set-up {ready:.1f} s (networks warm in "
         f"{warm:.1f} s, photo {photo_seconds * 1000:.0f} ms)", file=sys.stderr)
   print(compile_cache.STATS.summary(), file=sys.stderr)

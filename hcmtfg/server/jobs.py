@@ -156,7 +156,7 @@ class JobRunner:
   def __init__(self, pipeline: pipeline_lib.Pipeline, limits: uploads.Limits,
                *, root: str | None = None,
                chunk_frames: int = generate.CHUNK_FRAMES,
-               first_chunk_frames: int = 8, keep_seconds: float = 1800.0,
+               first_chunk_frames: int = 4, keep_seconds: float = 1800.0,
                keep_jobs: int = 16, preset: str = "veryfast"):
     self.pipeline = pipeline
     self.limits = limits
