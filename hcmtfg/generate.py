@@ -177,6 +177,14 @@ class Generator:
     """Side S of the generated frames."""
     return self.vgnet.image_size
 
+  def initial_carries(self):
+    """Zero (LSTM, ConvGRU) states of one clip, on the weights' device:
+    committed like the states the chunk steps return, so that the first
+    chunk and the later ones share one executable."""
+    device = next(iter(jax.tree.leaves(self.vgnet_variables)[0].devices()))
+    return (jax.device_put(streaming.atnet_initial_carry(self.atnet), device),
+            jax.device_put(streaming.vgnet_initial_carry(self.vgnet), device))
+
 
 def load_generator_networks(atnet_workdir: str | os.PathLike,
                             vgnet_workdir: str | os.PathLike, *,
@@ -273,7 +281,7 @@ def predict_landmarks(generator: Generator, photo: PreparedPhoto,
   _, windows_Tx28x12 = audio_lib.speech_features(signal)
   pca = generator.pca
   example_coef = landmarks_lib.project(pca, photo.landmarks).astype(np.float32)
-  carry = streaming.atnet_initial_carry(generator.atnet)
+  carry, _ = generator.initial_carries()
   outputs = []
   for _, n, chunk in _padded_chunks(windows_Tx28x12, chunk_frames):
     coefs, carry = atnet_step(generator.atnet, generator.atnet_variables, carry,
@@ -329,7 +337,7 @@ def generate_chunks(generator: Generator, photo: PreparedPhoto,
                                 release_coef_scaling=release_coef_scaling)
   image = jnp.asarray(photo.image[None])
   example = jnp.asarray(vgnet_example_landmark(generator, photo)[None])
-  carry = streaming.vgnet_initial_carry(generator.vgnet)
+  _, carry = generator.initial_carries()
   pending = None
   for start, n, coefs in _padded_chunks(predicted.coefs, chunk_frames):
     # Dispatch this chunk before fetching the previous one (async dispatch).

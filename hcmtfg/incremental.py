@@ -29,7 +29,6 @@ import numpy as np
 from hcmtfg import audio as audio_lib
 from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
-from hcmtfg import streaming
 
 _STEP = 160  # samples between MFCC rows at 16 kHz (10 ms)
 _WINDOW = 400  # samples of one MFCC row's frame (25 ms)
@@ -190,8 +189,7 @@ class FrameStream:
     self._image = jnp.asarray(photo.image[None])
     self._example = jnp.asarray(generate.vgnet_example_landmark(
         generator, photo)[None])
-    self._at_carry = streaming.atnet_initial_carry(generator.atnet)
-    self._vg_carry = streaming.vgnet_initial_carry(generator.vgnet)
+    self._at_carry, self._vg_carry = generator.initial_carries()
     self._pending = np.zeros((0, audio_lib.WINDOW_ROWS,
                               audio_lib.NUM_CEPS - 1), np.float32)
     self._start = 0  # index of the next frame to generate
@@ -263,16 +261,15 @@ def _fetch(start, n, frames, attention, colour, lmarks) -> generate.FrameChunk:
 def warm_up(generator: generate.Generator, lengths: Sequence[int]) -> None:
   """Compiles (or loads from the persistent cache) the chunk executables."""
   s = generator.image_size
+  at_carry, vg_carry = generator.initial_carries()
   for length in sorted(set(lengths)):
     coefs, _ = generate.atnet_step(
-        generator.atnet, generator.atnet_variables,
-        streaming.atnet_initial_carry(generator.atnet),
+        generator.atnet, generator.atnet_variables, at_carry,
         np.zeros((1, generator.pca.num_components), np.float32),
         np.zeros((1, length, audio_lib.WINDOW_ROWS, audio_lib.NUM_CEPS - 1),
                  np.float32))
     out = generate.vgnet_step(
-        generator.vgnet, generator.vgnet_variables,
-        streaming.vgnet_initial_carry(generator.vgnet),
+        generator.vgnet, generator.vgnet_variables, vg_carry,
         jnp.zeros((1, s, s, 3), jnp.float32),
         jnp.asarray(np.asarray(coefs)), jnp.zeros((1, 136), jnp.float32),
         generator.pca_components, generator.pca_mean)
