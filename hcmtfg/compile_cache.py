@@ -15,8 +15,9 @@ Where (first that applies):
 
 Every executable is kept (no minimum compile time or size), so a second run
 compiles nothing, not even the small eager operations of loading. On CPU the
-entries are small (the 10-s generation path of the full-size networks needs
-about 0.5 MB) and JAX checks that the CPU loading an entry has the features
+entries are small (the generation path of the full-size networks: about
+0.5 MB of executables, as much again for `hcmtfg.exported`'s stored steps)
+and JAX checks that the CPU loading an entry has the features
 it was compiled for, so a cache in a home folder shared by different
 machines is safe (an incompatible entry is compiled again). The folder may
 be deleted at any time; it is never read for anything but executables.
