@@ -152,6 +152,7 @@ def test_two_concurrent_jobs_both_finish_with_streamed_frames(server, media):
   frames = audio_lib.num_video_frames(int(1.2 * 16000))
   assert stream.count(b"Content-Type: image/jpeg") == frames
   assert [f["frames_total"] for f in finals] == [frames, frames]
+  assert [f["speech_seconds"] for f in finals] == [1.2, 1.2]
   assert finals[0]["first_frame_seconds"] <= finals[0]["elapsed_seconds"]
   for final, size in zip(finals, ((360, 640), (32, 32))):
     status, video, headers = request(server.url + final["video_url"][1:])

@@ -77,12 +77,8 @@ class Job:
 
   def __post_init__(self):
     self.frames_total = audio_lib.num_video_frames(self.speech.size)
+    self.seconds = self.speech.size / audio_lib.SAMPLE_RATE  # of speech
     self.changed = threading.Condition()
-
-  @property
-  def seconds(self) -> float:
-    """Speech duration."""
-    return self.speech.size / audio_lib.SAMPLE_RATE
 
   @property
   def ended(self) -> bool:
