@@ -33,6 +33,7 @@ import tensorflow_datasets as tfds
 
 import data_pipelines  # registers the builders.
 from hcmtfg import locking
+from hcmtfg import paths
 
 DATASETS = ("synthetic_talking_faces", "lrw", "grid", "voxceleb2")
 
@@ -62,6 +63,8 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike, *,
                   ) -> tfds.core.DatasetBuilder:
   """Builds (if not built yet) and returns the prepared TFDS builder.
 
+  Directories may be relative, start with `~` or (data_dir) be gs:// URLs.
+
   Args:
     dataset: one of DATASETS.
     data_dir: TFDS data directory.
@@ -81,22 +84,22 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike, *,
     if dataset != "synthetic_talking_faces":
       raise ValueError("num_clips applies to synthetic_talking_faces only")
     kwargs["num_clips"] = num_clips
-  builder = tfds.builder(dataset, data_dir=os.fspath(data_dir), config=config,
-                         **kwargs)
+  builder = tfds.builder(dataset, data_dir=paths.user_path(data_dir),
+                         config=config, **kwargs)
   beam_options = None
   if beam or beam_pipeline_options:
     beam_options = _beam_pipeline_options(beam_pipeline_options or
                                           default_beam_options())
   download_config = tfds.download.DownloadConfig(
-      manual_dir=None if manual_dir is None else os.fspath(manual_dir),
+      manual_dir=paths.user_path(manual_dir),
       beam_options=beam_options, max_examples_per_split=max_examples_per_split,
       try_download_gcs=False)
   prepare = functools.partial(
       builder.download_and_prepare,
-      download_dir=None if download_dir is None else os.fspath(download_dir),
+      download_dir=paths.user_path(download_dir),
       download_config=download_config)
   config_dir = os.path.dirname(os.fspath(builder.data_dir))
-  if "://" in config_dir:
+  if paths.is_remote(config_dir):
     prepare()
     return builder
   os.makedirs(config_dir, exist_ok=True)

@@ -11,7 +11,8 @@ Two directory layouts are accepted for each network, detected from the files:
     <workdir>/landmark_pca.npz       AT-net only: the PCA used in training
   The newest step is read, and only `g.params` / `g.batch_stats` (partial
   restore into host numpy arrays: no optimiser structure, no device mesh).
-  Training workdirs may be local or on GCS (gs://, via etils.epath).
+  Training workdirs may be local or on GCS (gs://, via etils.epath). Local
+  paths may be relative or start with `~` (`hcmtfg.paths.user_path`).
 * a converted release checkpoint (`launch.convert_checkpoint`,
   `hcmtfg.convert_torch.save_converted`): `<dir>/atnet`, `<dir>/vgnet` (pass
   `<dir>` or `<dir>/atnet` itself). A PCA may sit beside them as
@@ -41,6 +42,7 @@ import numpy as np
 
 from hcmtfg import exported
 from hcmtfg import landmarks as landmarks_lib
+from hcmtfg import paths
 from hcmtfg.errors import InputError
 from hcmtfg.models import at_net
 from hcmtfg.models import vg_net
@@ -83,7 +85,9 @@ def load_network(directory: str | os.PathLike, name: str) -> LoadedNetwork:
   """
   if name not in _NETWORKS:
     raise ValueError(f"name must be one of {sorted(_NETWORKS)}, got {name!r}")
-  root = epath.Path(directory)  # local, or gs:// for training workdirs
+  # Local (absolute: Orbax refuses relative paths), or gs:// for training
+  # workdirs.
+  root = epath.Path(paths.user_path(directory))
   if not root.exists():
     raise InputError(root, f"{_LABELS[name]} checkpoint directory not found")
   if not root.is_dir():
@@ -103,7 +107,7 @@ def load_network(directory: str | os.PathLike, name: str) -> LoadedNetwork:
 
 def load_pca_from(path: str | os.PathLike) -> landmarks_lib.Pca:
   """A `save_pca` .npz file, or a folder with the release's U_lrw1 / mean_lrw1."""
-  path = epath.Path(path)
+  path = epath.Path(paths.user_path(path))
   if path.is_dir():
     if (path / PCA_FILE).is_file():
       return _load_pca_file(path / PCA_FILE)
@@ -115,7 +119,7 @@ def load_pca_from(path: str | os.PathLike) -> landmarks_lib.Pca:
 
 def _load_pca_file(path: epath.Path) -> landmarks_lib.Pca:
   """`landmarks.load_pca`, through a local copy when the file is remote."""
-  if "://" not in os.fspath(path):
+  if not paths.is_remote(path):
     return landmarks_lib.load_pca(os.fspath(path))
   with tempfile.TemporaryDirectory() as local:
     copy = os.path.join(local, PCA_FILE)
@@ -210,15 +214,27 @@ def _load_training(root: epath.Path, name: str) -> LoadedNetwork:
 
 
 def _restore_generator_variables(state_dir: epath.Path) -> dict:
-  """`g.params` and `g.batch_stats` of a saved TrainState, as numpy arrays."""
+  """`g.params` and `g.batch_stats` of a saved TrainState, as numpy arrays.
+
+  Raises:
+    InputError: naming `state_dir` and what Orbax could not read, or saying
+      that the tree it holds has no 'g' network.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   try:
     with _quiet_orbax(), ocp.PyTreeCheckpointer() as checkpointer:
-      metadata = checkpointer.metadata(state_dir)
-      tree = getattr(metadata, "item_metadata", metadata)
-      tree = getattr(tree, "tree", tree)
+      # The handler raises what went wrong; the checkpointer's `metadata` would
+      # log it and return no tree.
+      handler = ocp.PyTreeCheckpointHandler()
+      try:
+        metadata = handler.metadata(state_dir)
+      finally:
+        handler.close()
+      tree = getattr(metadata, "tree", metadata)
       if not isinstance(tree, dict) or not isinstance(tree.get("g"), dict):
-        raise InputError(state_dir, "is not a train state (no 'g' network)")
+        found = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+        raise InputError(state_dir, "is not a train state: it holds no 'g' "
+                         f"network (found {found})")
       item = {"g": {k: tree["g"][k] for k in ("params", "batch_stats")
                     if tree["g"].get(k) is not None}}
       restore_args = jax.tree.map(
@@ -229,7 +245,7 @@ def _restore_generator_variables(state_dir: epath.Path) -> dict:
   except InputError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise InputError(state_dir, f"cannot read the checkpoint: "
+    raise InputError(state_dir, f"cannot read the train state: "
                      f"{type(e).__name__}: {e}") from e
   g = restored["g"]
   return {"params": g.get("params") or {}, "batch_stats": g.get("batch_stats") or {}}

@@ -49,6 +49,7 @@ import orbax.checkpoint as ocp
 
 from hcmtfg import checkpoint_manifest
 from hcmtfg import faults
+from hcmtfg import paths
 
 PyTree = Any
 
@@ -95,12 +96,6 @@ def check_finite(metrics: Mapping[str, Any], step: int) -> None:
     raise NonFiniteLossError(f'non-finite loss at step {step}: {listing}')
 
 
-def _absolute(directory: str | os.PathLike) -> str:
-  """An absolute local path; URLs such as gs://bucket/dir are kept as they are."""
-  directory = os.fspath(directory)
-  return directory if '://' in directory else os.path.abspath(directory)
-
-
 class Checkpointer:
   """An Orbax CheckpointManager for the train state plus the iterator position.
 
@@ -122,7 +117,7 @@ class Checkpointer:
         memory before `save` returns); if False, `save` returns once the step
         is committed.
     """
-    self.directory = _absolute(directory)
+    self.directory = paths.user_path(directory)
     self._async = async_save
     self._saving_step = None
     self._failed_save_raised = False

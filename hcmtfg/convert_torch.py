@@ -36,6 +36,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from hcmtfg import paths
 from hcmtfg.errors import InputError
 from hcmtfg.models.at_net import ATNet
 from hcmtfg.models.discriminator import RegressionDiscriminator
@@ -366,14 +367,15 @@ def save_converted(output_dir: str | os.PathLike, name: str,
   One Orbax checkpoint (written to a temporary directory, then renamed) with
   two items: 'variables' (the Flax variables) and 'model_config' (JSON, the
   attributes of the module that uses them, e.g. `VGNet().to_config()`).
-  An existing `<output_dir>/<name>` is replaced.
+  An existing `<output_dir>/<name>` is replaced. `output_dir` may be relative
+  or start with `~`.
 
   Returns:
     The checkpoint directory.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  directory = pathlib.Path(output_dir).absolute() / name
+  directory = pathlib.Path(paths.user_path(output_dir)) / name
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
     checkpointer.save(
         directory,
@@ -395,7 +397,7 @@ def load_converted(output_dir: str | os.PathLike,
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  directory = pathlib.Path(output_dir).absolute() / name
+  directory = pathlib.Path(paths.user_path(output_dir)) / name
   if not (directory / _VARIABLES_ITEM).is_dir():
     raise InputError(directory, "is not a converted checkpoint (no "
                      f"'{_VARIABLES_ITEM}' item)")

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from hcmtfg import convert_torch
+from hcmtfg import paths
 from hcmtfg import sharding
 from hcmtfg import train_state as ts
 from hcmtfg.errors import InputError
@@ -51,7 +52,7 @@ def load_variables(directory: str | os.PathLike, stage: str
   Raises:
     InputError: the directory or the required network is missing.
   """
-  root = pathlib.Path(directory)
+  root = pathlib.Path(paths.user_path(directory))
   if not root.is_dir():
     raise InputError(root, 'init_from directory not found')
   found = {}
@@ -146,5 +147,5 @@ def maybe_wrap(initializer: ts.Initializer, config: Mapping[str, Any] | Any,
   directory = config.get('init_from')
   if not directory:
     return initializer
-  return InitFrom(initializer, os.path.expanduser(directory), config.stage,
+  return InitFrom(initializer, paths.user_path(directory), config.stage,
                   mesh)

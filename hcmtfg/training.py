@@ -39,6 +39,7 @@ from hcmtfg import init_from
 from hcmtfg import input_pipeline
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import locking
+from hcmtfg import paths
 from hcmtfg import sharding
 from hcmtfg import summaries
 from hcmtfg import train_atnet
@@ -73,7 +74,7 @@ def prepare_dataset(data: ml_collections.ConfigDict):
   from data_pipelines import build  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  data_dir = os.path.expanduser(data.data_dir)
+  data_dir = paths.user_path(data.data_dir)
   make = lambda: tfds.builder(data.name, data_dir=data_dir, config=data.config)
   builder = make()
   if builder.is_prepared():
@@ -89,9 +90,8 @@ def prepare_dataset(data: ml_collections.ConfigDict):
     try:
       build.build_dataset(
           data.name, data_dir, config=data.config, num_clips=data.num_clips,
-          manual_dir=data.manual_dir,
-          download_dir=data.download_dir and os.path.expanduser(
-              data.download_dir))
+          manual_dir=paths.user_path(data.manual_dir),
+          download_dir=paths.user_path(data.download_dir))
     except (FileNotFoundError, AssertionError) as e:
       raise InputError(where, f'cannot build the dataset ({e}); build it '
                        f'with: {_build_command(data, data_dir)}') from e
@@ -110,7 +110,7 @@ def resolve_pca(data: ml_collections.ConfigDict,
   """`config.data.pca_path` if set, else the dataset's PCA (None if absent)."""
   if data.get('pca_path'):
     from hcmtfg import checkpoint_io  # pylint: disable=g-import-not-at-top
-    return checkpoint_io.load_pca_from(os.path.expanduser(data.pca_path))
+    return checkpoint_io.load_pca_from(data.pca_path)
   path = input_pipeline.dataset_pca_path(builder)
   if not tf.io.gfile.exists(path):
     return None
@@ -223,9 +223,7 @@ def train(config: ml_collections.ConfigDict,
   Raises:
     InputError: unwritable workdir, missing dataset, bad init_from weights.
   """
-  workdir = os.fspath(workdir)
-  if not workdir_lib.is_remote(workdir):
-    workdir = os.path.expanduser(workdir)
+  workdir = paths.user_path(workdir)
   tf.config.set_visible_devices([], 'GPU')  # tf.data only; keep GPUs for JAX
   _stage(config)  # Fails early on a bad config.stage.
   workdir_lib.check_writable(workdir)

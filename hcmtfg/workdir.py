@@ -25,15 +25,11 @@ import ml_collections
 import tensorflow as tf
 
 from hcmtfg import landmarks as landmarks_lib
+from hcmtfg import paths
 from hcmtfg.errors import InputError
 
 CONFIG_FILE = 'config.json'
 PCA_FILE = 'landmark_pca.npz'
-
-
-def is_remote(path: str) -> bool:
-  """Whether `path` is a URL (gs://...) rather than a local path."""
-  return '://' in path
 
 
 def check_writable(workdir: str) -> None:
@@ -64,7 +60,7 @@ def check_free_space(workdir: str, checkpoint_bytes: int,
   Raises:
     InputError: naming the workdir, the free and the needed space.
   """
-  if is_remote(workdir):
+  if paths.is_remote(workdir):
     return
   free = shutil.disk_usage(workdir).free
   needed = 2 * int(checkpoint_bytes) + (64 << 20)
@@ -101,7 +97,7 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
 def write_pca(workdir: str, pca: landmarks_lib.Pca) -> str:
   """Writes `<workdir>/landmark_pca.npz` (`landmarks.save_pca` format)."""
   path = os.path.join(workdir, PCA_FILE)
-  if not is_remote(path):
+  if not paths.is_remote(path):
     landmarks_lib.save_pca(path, pca)  # atomic itself
     return path
   with tempfile.TemporaryDirectory() as local:

@@ -73,6 +73,8 @@ from typing import Any
 from absl import app
 from absl import flags
 
+from hcmtfg import paths
+
 _CASES = flags.DEFINE_list(
     "cases", None, "Cases to run (default: all of the mode's; see the module "
     "docstring). Batched cases take any batch: e.g. vg_infer_b4.")
@@ -334,7 +336,8 @@ def main(argv):
                 compiler_options=_COMPILER_OPTIONS.value)
   if _WORKER_OUTPUT.value:
     records = [run_case(n, **kwargs) for n in names]
-    _write_atomically(_WORKER_OUTPUT.value, json.dumps(records))
+    _write_atomically(paths.user_path(_WORKER_OUTPUT.value),
+                      json.dumps(records))
     return
   if _DEVICE.value:
     import jax  # pylint: disable=g-import-not-at-top
@@ -354,7 +357,7 @@ def main(argv):
   print(text)
   print(markdown_table(records))
   if _OUTPUT.value:
-    _write_atomically(_OUTPUT.value, text + "\n")
+    _write_atomically(paths.user_path(_OUTPUT.value), text + "\n")
 
 
 if __name__ == "__main__":

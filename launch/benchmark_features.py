@@ -17,6 +17,8 @@ from absl import flags
 import numpy as np
 
 from hcmtfg import audio
+from hcmtfg import paths
+from hcmtfg.errors import InputError
 
 _AUDIO = flags.DEFINE_string("audio", None, "Speech file; default: 30 s synthetic.")
 _SECONDS = flags.DEFINE_float("seconds", 30.0, "Length of the synthetic audio.")
@@ -48,7 +50,10 @@ def main(argv):
   result = {}
   if _AUDIO.value:
     start = time.perf_counter()
-    signal = audio.load_audio(_AUDIO.value)
+    try:
+      signal = audio.load_audio(paths.user_path(_AUDIO.value))
+    except InputError as e:
+      raise SystemExit(f"error: {e}") from e
     result["load_s"] = time.perf_counter() - start
     result["audio"] = _AUDIO.value
   else:

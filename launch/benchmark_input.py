@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 import data_pipelines  # noqa: F401  (registers the builders)
 from data_pipelines import build
 from hcmtfg import input_pipeline
+from hcmtfg import paths
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _DATASET = flags.DEFINE_string("dataset", "synthetic_talking_faces", "Dataset name.")
@@ -51,12 +52,12 @@ def main(argv):
   del argv
   if not _DATA_DIR.value:
     raise app.UsageError("--data_dir is required")
-  builder = tfds.builder(_DATASET.value, data_dir=_DATA_DIR.value,
-                         config=_CONFIG.value)
+  data_dir = paths.user_path(_DATA_DIR.value)
+  builder = tfds.builder(_DATASET.value, data_dir=data_dir, config=_CONFIG.value)
   if not builder.is_prepared():
     if _DATASET.value != "synthetic_talking_faces":
-      raise app.UsageError(f"{_DATASET.value} is not built in {_DATA_DIR.value}")
-    builder = build.build_dataset(_DATASET.value, _DATA_DIR.value,
+      raise app.UsageError(f"{_DATASET.value} is not built in {data_dir}")
+    builder = build.build_dataset(_DATASET.value, data_dir,
                                   config=_CONFIG.value, num_clips=_NUM_CLIPS.value)
   views = [("atnet", None), ("vgnet", None), ("vgnet", _SMALL.value)]
   result = {"dataset": builder.name, "config": builder.builder_config.name,

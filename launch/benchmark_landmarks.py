@@ -23,6 +23,8 @@ import numpy as np
 from skimage import data as sk_data
 
 from hcmtfg import face
+from hcmtfg import paths
+from hcmtfg.errors import InputError
 
 _VIDEO = flags.DEFINE_string("video", None, "Video to read (default: synthetic).")
 _MAX_FRAMES = flags.DEFINE_integer("max_frames", 125, "Frames to process.")
@@ -70,7 +72,11 @@ def main(argv):
   cv2.setNumThreads(1)
   if _VIDEO.value:
     from hcmtfg import video  # pylint: disable=g-import-not-at-top
-    frames = video.read_video(_VIDEO.value, with_audio=False).frames
+    try:
+      frames = video.read_video(paths.user_path(_VIDEO.value),
+                                with_audio=False).frames
+    except InputError as e:
+      raise SystemExit(f"error: {e}") from e
     frames = frames[:_MAX_FRAMES.value]
   else:
     frames = synthetic_face_video(_MAX_FRAMES.value)

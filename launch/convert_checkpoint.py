@@ -5,7 +5,8 @@ r"""Converts the ATVGnet release's PyTorch checkpoints to Orbax checkpoints.
       --discriminator_pth=discriminator_23.pth --output_dir=converted
 
 Writes <output_dir>/atnet, <output_dir>/vgnet and/or <output_dir>/discriminator
-(one per given checkpoint), each holding the Flax variables and the JSON model
+(one per given checkpoint; paths may be relative or start with `~`), each
+holding the Flax variables and the JSON model
 config of the network that uses them; read them back with
 `hcmtfg.convert_torch.load_converted(output_dir, name)`. Needs torch
 (requirements-torch.txt).
@@ -17,6 +18,7 @@ from absl import logging
 
 from hcmtfg import convert_torch
 from hcmtfg import models
+from hcmtfg import paths
 from hcmtfg.errors import InputError
 
 _ATNET_PTH = flags.DEFINE_string(
@@ -49,7 +51,8 @@ def main(argv):
       ("discriminator", _DISCRIMINATOR_PTH.value,
        models.RegressionDiscriminator(), convert_torch.convert_discriminator),
   ]
-  jobs = [job for job in jobs if job[1]]
+  jobs = [(name, paths.user_path(path), module, convert)
+          for name, path, module, convert in jobs if path]
   if not jobs:
     raise app.UsageError("give at least one of --atnet_pth, --vgnet_pth, "
                          "--discriminator_pth")

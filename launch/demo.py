@@ -37,6 +37,8 @@ from typing import Any, Iterator
 from absl import app
 from absl import flags
 
+from hcmtfg import paths
+
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_output",
                                   "Where everything goes.")
 _QUICK = flags.DEFINE_bool("quick", False, "Smoke run (~2 min): tiny corpus, "
@@ -159,7 +161,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   # pylint: enable=g-import-not-at-top
   summaries.quiet_library_logs()
   mode = MODES["quick" if quick else "full"]
-  out = os.path.abspath(out)
+  out = paths.user_path(out)
   data_dir = os.path.join(out, "data")
   timings: dict[str, float] = {}
   say(f"demo ({'quick' if quick else 'full'}) in {out}")

@@ -12,7 +12,9 @@ documents every convention). Writes OUTPUT_DIR/metrics.json (per-clip values
 included) and OUTPUT_DIR/metrics.md, and prints the table.
 
 --dataset, --data_dir and --config (the dataset's builder config, e.g. 'tiny')
-default to the ones recorded in the AT-net workdir's config.json.
+default to the ones recorded in the AT-net workdir's config.json. Paths may be
+relative, start with `~` or contain spaces; workdirs and --data_dir may be
+gs:// URLs.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from hcmtfg import atomic
 from hcmtfg import compile_cache
 from hcmtfg import evaluation
 from hcmtfg import generate
+from hcmtfg import paths
 from hcmtfg.errors import InputError
 
 
@@ -134,7 +137,7 @@ def load_builder(name: str, data_dir: str, config: str | None):
   """The prepared TFDS builder; InputError with the build command if missing."""
   import data_pipelines  # pylint: disable=g-import-not-at-top,unused-import
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  data_dir = os.path.expanduser(data_dir)
+  data_dir = paths.user_path(data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir, config=config)
   except Exception as e:  # pylint: disable=broad-except  (unknown name/config)
@@ -158,6 +161,9 @@ def run(atnet_workdir: str, vgnet_workdir: str, output_dir: str, *,
   """Evaluates, writes metrics.json / metrics.md, prints and returns results."""
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   from hcmtfg import face  # pylint: disable=g-import-not-at-top  (dlib)
+  atnet_workdir, vgnet_workdir, output_dir, data_dir, pca = (
+      paths.user_path(p) for p in (atnet_workdir, vgnet_workdir, output_dir,
+                                   data_dir, pca))
   recorded = _recorded_data(atnet_workdir)
   dataset = dataset or recorded.get("name")
   data_dir = data_dir or recorded.get("data_dir")

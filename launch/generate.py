@@ -1,5 +1,8 @@
 r"""Generates talking-face videos from a photo and speech with AT-net + VG-net.
 
+Paths may be relative, start with `~` or contain spaces; the workdirs may be
+gs:// URLs.
+
 One video:
   python -m launch.generate --image=PHOTO.jpg --audio=SPEECH.wav \
       --atnet_workdir=runs/atnet --vgnet_workdir=runs/vgnet --output=out.mp4 \
@@ -7,7 +10,8 @@ One video:
       [--chunk_frames=32]
 
 Many videos (one line per video: image,audio,output; a header line
-`image,audio,output` is optional; relative paths are relative to the CSV file;
+`image,audio,output` is optional; relative paths are relative to the CSV file
+and `~` is expanded;
 blank lines and lines starting with '#' are ignored):
   python -m launch.generate --pairs=pairs.csv --atnet_workdir=... --vgnet_workdir=...
 
@@ -47,6 +51,7 @@ from hcmtfg import compose
 from hcmtfg import faults
 from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
+from hcmtfg import paths
 from hcmtfg import video as video_lib
 from hcmtfg.errors import InputError
 
@@ -109,6 +114,17 @@ class Options:
   progress: bool = True
 
 
+# Options holding a path or URL (see `with_user_paths`).
+_PATH_OPTIONS = ("atnet_workdir", "vgnet_workdir", "image", "audio", "output",
+                 "pairs", "pca", "release_basics_dir")
+
+
+def with_user_paths(options: Options) -> Options:
+  """`options` with every path absolute and `~` expanded (URLs kept)."""
+  return dataclasses.replace(options, **{
+      name: paths.user_path(getattr(options, name)) for name in _PATH_OPTIONS})
+
+
 @dataclasses.dataclass(frozen=True)
 class Job:
   image: str
@@ -123,11 +139,19 @@ def intermediates_path(output: str) -> str:
 
 
 def read_pairs(path: str) -> tuple[list[Job], list[tuple[str, str]]]:
-  """Jobs of a pairs CSV, and (where, problem) for its malformed lines."""
+  """Jobs of a pairs CSV, and (where, problem) for its malformed lines.
+
+  Paths in the rows are relative to the CSV's folder unless absolute or
+  starting with `~`.
+  """
+  path = paths.user_path(path)
   if not os.path.isfile(path):
     raise InputError(path, "pairs file not found")
-  folder = os.path.dirname(os.path.abspath(path))
-  resolve = lambda p: p if os.path.isabs(p) else os.path.join(folder, p)
+  folder = os.path.dirname(path)
+
+  def resolve(cell: str) -> str:
+    cell = os.path.expanduser(cell)
+    return cell if os.path.isabs(cell) else os.path.join(folder, cell)
   jobs, bad = [], []
   try:
     with open(path, newline="", encoding="utf-8") as f:
@@ -219,6 +243,7 @@ def run_one(generator: generate.Generator, analyzer, job: Job, options: Options,
 def run(options: Options) -> int:
   """Runs one job or a batch; returns the exit code (0 = every row succeeded)."""
   from hcmtfg import face  # pylint: disable=g-import-not-at-top  (dlib)
+  options = with_user_paths(options)
   failures: list[tuple[str, str]] = []
   try:
     if options.pairs:

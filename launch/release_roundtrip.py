@@ -30,6 +30,7 @@ import numpy as np
 from hcmtfg import audio
 from hcmtfg import convert_torch
 from hcmtfg import models
+from hcmtfg import paths
 
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "demo_output/release_roundtrip",
@@ -96,7 +97,7 @@ def main(argv):
       "discriminator": release_torch.DiscriminatorTorch(
           **{k: v for k, v in sizes.items() if k != "num_res_blocks"}),
   }
-  out = pathlib.Path(_OUTPUT_DIR.value)
+  out = pathlib.Path(paths.user_path(_OUTPUT_DIR.value))
   release_dir = out / "release"
   release_dir.mkdir(parents=True, exist_ok=True)
   for name, net in torch_nets.items():

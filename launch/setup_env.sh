@@ -8,7 +8,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 reqs=(requirements.txt)
-if [ "${CI:-}" = "true" ] || [ "${HCMTFG_WITH_TORCH:-0}" = "1" ]; then
+# CI is any value of $CI but empty, 0, false, no or off (as tests/conftest.py).
+case "$(printf '%s' "${CI:-}" | tr '[:upper:]' '[:lower:]')" in
+  ''|0|false|no|off) in_ci=0 ;;
+  *) in_ci=1 ;;
+esac
+if [ "$in_ci" = 1 ] || [ "${HCMTFG_WITH_TORCH:-0}" = "1" ]; then
   reqs+=(requirements-torch.txt)
 fi
 for req in "${reqs[@]}"; do

@@ -3,8 +3,9 @@
 #   bash launch/test.sh                 # whole suite (slow end-to-end tests included)
 #   bash launch/test.sh -m "not slow"   # extra arguments go to pytest
 #   HCMTFG_TEST_WORKERS=1 bash launch/test.sh   # run the tests in one process
-# The PyTorch extras (parity tests, weight conversion) are installed when CI=true or
-# HCMTFG_WITH_TORCH=1; without them the parity tests skip (in CI they would fail instead).
+# The PyTorch extras (parity tests, weight conversion) are installed in CI (CI=1, true,
+# yes...) or with HCMTFG_WITH_TORCH=1; without them the parity tests skip (in CI they
+# would fail instead).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_env.sh

@@ -9,7 +9,9 @@ workdir (a corrupt newest checkpoint is reported and the previous one used). A
 second trainer on the same workdir is refused while the first one lives. The workdir receives checkpoints/, tensorboard/ (view with
 `tensorboard --logdir=WORKDIR`), config.json and landmark_pca.npz. Config
 variants and their commands are in the docstrings of configs/atnet.py and
-configs/vgnet.py.
+configs/vgnet.py. The config file, the workdir and the config's data paths
+may be relative to the current directory or start with `~`; the workdir may
+be a gs:// URL.
 
 Several processes (hosts): on a Cloud TPU VM slice or under Slurm/Open MPI the
 processes find each other automatically (`--jax_distributed` forces or, with
@@ -17,6 +19,9 @@ processes find each other automatically (`--jax_distributed` forces or, with
 `--coordinator_address=HOST:PORT --num_processes=N --process_id=I`
 (launch/gpu_train.sh does so for several processes on one machine).
 """
+
+import os
+import sys
 
 from absl import app
 from absl import flags
@@ -52,6 +57,17 @@ _PROCESS_ID = flags.DEFINE_integer(
 _CACHE = compile_cache.define_flag()
 
 
+def expand_config_path(argv: list[str]) -> list[str]:
+  """`argv` with `~` expanded in `--config=~/...:VARIANT`.
+
+  The shell expands `~` at the start of a word only, and config_flags loads
+  the file as given.
+  """
+  prefix = '--config='
+  return [prefix + os.path.expanduser(arg[len(prefix):])
+          if arg.startswith(prefix + '~') else arg for arg in argv]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -74,4 +90,5 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config', 'workdir'])
+  sys.argv = expand_config_path(sys.argv)  # config_flags reads sys.argv too
   app.run(main)

@@ -4,14 +4,28 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import pytest
+import soundfile
+
+from data_pipelines import build
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_CLIPS = 10  # as datasets_test.py / launch_train_test.py: one shared build
 KEYS = {"case", "unit", "ours", "release", "ratio", "gflops", "peak_mem_mb",
         "extra"}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> pathlib.Path:
+  """The shared tiny dataset's TFDS data_dir, built if no test built it yet."""
+  root = tmp_path_factory.getbasetemp() / "hcmtfg_datasets"
+  build.build_dataset("synthetic_talking_faces", root / "tfds", config="tiny",
+                      num_clips=NUM_CLIPS, download_dir=root / "downloads")
+  return root / "tfds"
 
 
 def _run_benchmark(tmp_path, *args):
@@ -94,3 +108,61 @@ def test_unknown_case_is_an_error(tmp_path):
       text=True, timeout=120, check=False)
   assert result.returncode != 0
   assert "unknown benchmark case 'vg_infer_bx'" in result.stderr
+
+
+def _write_face_video(path: pathlib.Path, photo: pathlib.Path) -> None:
+  """Three still frames of `photo` (a face), as an mp4."""
+  from hcmtfg import face  # pylint: disable=g-import-not-at-top
+  from hcmtfg import video  # pylint: disable=g-import-not-at-top
+  image = face.load_image(photo)
+  video.write_video(path, [image] * 3)
+
+
+@pytest.mark.parametrize("module", ["benchmark", "benchmark_features",
+                                    "benchmark_input", "benchmark_landmarks"])
+def test_entry_point_from_another_directory(module, tmp_path, request):
+  """Each benchmark's file flag given as `~/...` with spaces, run from
+  another directory; the JSON it prints or writes reflects the input."""
+  home, cwd = tmp_path / "home", tmp_path / "my work"
+  home.mkdir()
+  cwd.mkdir()
+  if module == "benchmark":
+    args = ["--tiny", "--device", "--noisolate", "--warmup=0", "--repeats=1",
+            "--cases=at_infer_b1_f32", "--output=~/bench results/b.json"]
+  elif module == "benchmark_features":
+    shared_data = request.getfixturevalue("shared_data")
+    shutil.copy(shared_data / "speech" / "test.wav", home / "my speech.wav")
+    args = ["--audio=~/my speech.wav", "--repeats=1"]
+  elif module == "benchmark_input":
+    tfds_dir = request.getfixturevalue("tiny_data")
+    (home / "data sets").symlink_to(tfds_dir, target_is_directory=True)
+    args = ["--data_dir=~/data sets", "--batches=1", "--warmup=0",
+            "--batch_size=2", "--num_target_frames=4", "--small_size=32"]
+  else:
+    shared_data = request.getfixturevalue("shared_data")
+    (home / "my clips").mkdir()
+    _write_face_video(home / "my clips" / "a face.mp4",
+                      shared_data / "faces" / "obama.jpg")
+    args = ["--video=~/my clips/a face.mp4", "--max_frames=3", "--repeats=1"]
+  before = sorted(os.listdir(cwd))
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(HOME=str(home), PYTHONPATH=str(REPO_ROOT))
+  result = subprocess.run([sys.executable, "-m", f"launch.{module}", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert sorted(os.listdir(cwd)) == before  # no folder named '~'
+  if module == "benchmark":
+    (record,) = json.loads((home / "bench results" / "b.json").read_text())
+    assert record["case"] == "at_infer_b1_f32" and record["ours"] > 0
+    return
+  printed = json.loads(result.stdout[result.stdout.index("{"):])
+  if module == "benchmark_features":
+    assert printed["audio_seconds"] == pytest.approx(
+        soundfile.info(str(home / "my speech.wav")).duration, abs=1e-3)
+  elif module == "benchmark_input":
+    assert printed["num_examples"] > 0
+    assert all(view["examples_per_s"] > 0 for view in printed["views"].values())
+  else:
+    assert printed["frames"] == 3 and printed["frame_size"] == [360, 640]
+    assert printed["detect_every_frame"]["detector_calls"] == 3

@@ -2,7 +2,8 @@
 
 XLA_FLAGS must be set before jax is imported anywhere, hence at the top of conftest.
 Tests that need `../shared/data` or torch skip with a reason on a user's machine, but
-fail in CI (CI=true), where both must be present.
+fail in CI, where both must be present. CI is any true value of the CI variable
+(`1`, `true`, `yes`, in any case); unset, empty, `0`, `false`, `no` and `off` are not.
 """
 
 import os
@@ -19,7 +20,15 @@ import pytest  # noqa: E402
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-IN_CI = os.environ.get("CI", "").lower() == "true"
+FALSE_VALUES = ("", "0", "false", "no", "off")
+
+
+def is_ci(value: str | None) -> bool:
+  """Whether a value of the CI environment variable means "running in CI"."""
+  return (value or "").lower() not in FALSE_VALUES
+
+
+IN_CI = is_ci(os.environ.get("CI"))
 
 
 def skip_or_fail(reason: str):

@@ -7,6 +7,7 @@ with the PyTorch networks is tested in parity_test.py.
 
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -302,6 +303,33 @@ def test_cli_converts(release_shapes, torch, tmp_path):
   assert config == models.ATNet().to_config()
   np.testing.assert_array_equal(variables["params"]["lstm_fc"]["bias"],
                                 sd["module.lstm_fc.0.bias"].numpy())
+
+
+def test_cli_from_another_directory_with_relative_and_home_paths(
+    release_shapes, torch, tmp_path, monkeypatch):
+  home, cwd = tmp_path / "home", tmp_path / "my work"
+  (home / "release files").mkdir(parents=True)
+  cwd.mkdir()
+  sd = {k: torch.from_numpy(v) if v.ndim else torch.tensor(7)
+        for k, v in _state_dict(release_shapes["atnet"]).items()}
+  torch.save(sd, home / "release files" / "atnet.pth")
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.convert_checkpoint",
+       "--atnet_pth=~/release files/atnet.pth", "--output_dir=converted out"],
+      cwd=cwd, env=dict(os.environ, HOME=str(home),
+                        PYTHONPATH=str(conftest.REPO_ROOT)),
+      capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  variables, _ = convert_torch.load_converted(cwd / "converted out", "atnet")
+  np.testing.assert_array_equal(variables["params"]["lstm_fc"]["bias"],
+                                sd["module.lstm_fc.0.bias"].numpy())
+  assert os.listdir(cwd) == ["converted out"]
+  # The library resolves relative and `~` paths itself.
+  monkeypatch.chdir(cwd)
+  monkeypatch.setenv("HOME", str(home))
+  for directory in ("converted out", "~/../my work/converted out"):
+    loaded, _ = convert_torch.load_converted(directory, "atnet")
+    jax.tree.map(np.testing.assert_array_equal, loaded, variables)
 
 
 def test_cli_errors_exit_with_a_message(release_shapes, torch, tmp_path):

@@ -300,6 +300,31 @@ def test_voxceleb2_layout_via_the_command_line(root, corpus_clips, tmp_path):
   assert test[0]["label"].decode() == "id00017"
 
 
+def test_build_cli_from_another_directory(root, tiny, tmp_path):
+  """--data_dir under `~`, --download_dir relative to the current directory
+  (the shared corpus, reused), both with spaces."""
+  home, cwd = tmp_path / "home", tmp_path / "my work"
+  home.mkdir()
+  cwd.mkdir()
+  (cwd / "down loads").symlink_to(root / "downloads", target_is_directory=True)
+  env = dict(os.environ, PYTHONPATH=os.fspath(REPO_ROOT), HOME=str(home))
+  result = subprocess.run(
+      [sys.executable, "-m", "data_pipelines.build",
+       "--dataset=synthetic_talking_faces", "--config=tiny",
+       f"--num_clips={NUM_CLIPS}", "--data_dir=~/tfds data",
+       "--download_dir=down loads", "--max_examples_per_split=2"],
+      cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads(result.stdout[result.stdout.index("{"):])
+  assert summary["data_dir"].startswith(str(home / "tfds data"))
+  builder = tfds.builder("synthetic_talking_faces", config="tiny",
+                         data_dir=os.fspath(home / "tfds data"))
+  assert builder.is_prepared()
+  assert builder.info.splits["train"].num_examples == 2
+  assert os.listdir(cwd) == ["down loads"]  # no folder named '~'
+
+
 def test_missing_manual_data_says_where_to_get_it(tmp_path):
   with pytest.raises(Exception, match="lipread_mp4"):
     build.build_dataset("lrw", tmp_path / "tfds", manual_dir=tmp_path)

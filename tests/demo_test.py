@@ -1,9 +1,11 @@
 """End-to-end test of the main job's quick path (launch/demo.py, launch/demo.sh).
 
-Runs `python -m launch.demo --quick` in a temporary output directory (build a
-10-clip corpus, a few training steps of the tiny networks, evaluation,
-generation), checks its outputs, then runs it again and checks that every
-stage is skipped.
+Runs `bash launch/demo.sh --quick` from a temporary directory with a relative
+output directory (build a 10-clip corpus, a few training steps of the tiny
+networks, evaluation, generation), checks its outputs, then runs
+`python -m launch.demo --quick` again on the same directory given under `~` and
+checks that every stage is skipped; last, `launch.generate` runs on the demo's
+networks by relative paths, as a user would next.
 """
 
 import math
@@ -22,13 +24,13 @@ from launch import demo_media
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_demo(output_dir: pathlib.Path) -> str:
+def run_demo(command: list[str], cwd: pathlib.Path, home: pathlib.Path) -> str:
+  """Runs a command of the demo from `cwd` with HOME=`home`; returns stdout."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
-  proc = subprocess.run(
-      [sys.executable, "-m", "launch.demo", "--quick",
-       f"--output_dir={output_dir}"], cwd=REPO, env=env, capture_output=True,
-      text=True, timeout=400, check=False)
+  env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", HOME=str(home),
+             PYTHONPATH=str(REPO))
+  proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True,
+                        text=True, timeout=400, check=False)
   log = proc.stdout + proc.stderr
   assert proc.returncode == 0, log[-4000:]
   return proc.stdout
@@ -52,8 +54,14 @@ def test_sentence_speech_has_words_and_pauses():
 
 @pytest.mark.slow
 def test_quick_demo_end_to_end_and_resume(tmp_path):
-  out = tmp_path / "demo"
-  stdout = run_demo(out)
+  # Run from elsewhere with a relative --output_dir: it lands there, not in
+  # the repository (demo.sh changes to the repository's root).
+  caller, home = tmp_path / "my work", tmp_path / "home"
+  caller.mkdir()
+  home.mkdir()
+  out = caller / "demo out"
+  stdout = run_demo(["bash", str(REPO / "launch" / "demo.sh"), "--quick",
+                     "--output_dir=demo out"], cwd=caller, home=home)
   video, sheet = out / "talking_face.mp4", out / "contact_sheet.png"
   speech, metrics = out / "speech.wav", out / "eval" / "metrics.md"
   for path in (video, out / "talking_face_intermediates.mp4", sheet, speech,
@@ -74,7 +82,20 @@ def test_quick_demo_end_to_end_and_resume(tmp_path):
   assert image is not None and image.shape[1] == 5 * 128
   assert image.shape[0] >= 4 * 128 and image.std() > 10
 
-  again = run_demo(out)
+  # The same folder under `~`: every stage is found done.
+  again = run_demo([sys.executable, "-m", "launch.demo", "--quick",
+                    "--output_dir=~/demo out"], cwd=tmp_path, home=caller)
   assert again.count("already trained") == 2, again
   assert "metrics.md is up to date" in again and "mp4 is up to date" in again
   assert video_lib.read_video(video).num_frames == decoded.num_frames
+  assert "~" not in os.listdir(tmp_path) and "~" not in os.listdir(caller)
+  assert not (REPO / "demo out").exists()
+
+  # The demo's networks by relative paths, as a user's next command.
+  run_demo([sys.executable, "-m", "launch.generate",
+            "--image=demo out/photo.png", "--audio=demo out/speech.wav",
+            "--atnet_workdir=demo out/atnet_tiny",
+            "--vgnet_workdir=demo out/vgnet_tiny", "--output=mine.mp4"],
+           cwd=caller, home=home)
+  assert video_lib.read_video(caller / "mine.mp4").num_frames == (
+      decoded.num_frames)

@@ -9,7 +9,9 @@ saved as training workdirs with the dataset's landmark PCA.
 import functools
 import json
 import math
+import os
 import pathlib
+import shutil
 
 import cv2
 import jax
@@ -198,3 +200,27 @@ def test_evaluate_cli_missing_dataset_names_build_command(workdirs, tmp_path):
     cli.run(str(workdirs[0]), str(workdirs[1]), str(tmp_path / "e"),
             dataset="synthetic_talking_faces", data_dir=str(tmp_path / "none"),
             config="tiny", progress=False)
+
+
+def test_evaluate_from_another_directory(workdirs, tiny_data, tmp_path,
+                                        monkeypatch, capsys):
+  """Workdirs and output relative to the current directory (with spaces),
+  the dataset under `~`, as a user would type them (the same shapes as the
+  test above, so nothing is compiled again)."""
+  home, cwd = tmp_path / "home", tmp_path / "my work"
+  home.mkdir()
+  (home / "data sets").symlink_to(tiny_data, target_is_directory=True)
+  for workdir in workdirs:
+    shutil.copytree(workdir, cwd / "runs" / f"{workdir.name} run")
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.chdir(cwd)
+  cli.run("runs/atnet run", "runs/vgnet run", "eval out",
+          dataset="synthetic_talking_faces", data_dir="~/data sets",
+          config="tiny", split="train", max_clips=1, batch_size=3,
+          chunk_frames=8, threads=1, progress=False)
+  assert str(cwd / "eval out" / "metrics.md") in capsys.readouterr().out
+  saved = json.loads((cwd / "eval out" / "metrics.json").read_text())
+  assert saved["num_clips"] == 1
+  assert saved["data_dir"].startswith(str(home / "data sets"))
+  assert saved["atnet"].startswith(str(cwd / "runs" / "atnet run"))
+  assert sorted(os.listdir(cwd)) == ["eval out", "runs"]  # no folder '~'

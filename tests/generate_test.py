@@ -10,6 +10,7 @@ import functools
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -209,6 +210,52 @@ def test_checkpoint_problems_are_clear_input_errors(nets, tmp_path):
   message = str(error.value)
   assert "state" in message and "config.json" in message
   assert "params/lstm/kernel_hh_l0: (8, 32) in the weights, (12, 48)" in message
+
+
+def test_relative_and_home_paths_load(nets, tmp_path, monkeypatch):
+  # Orbax refuses relative paths, and nothing below expands `~`: the loader
+  # resolves both against the current directory and HOME.
+  monkeypatch.setenv("HOME", str(nets["root"]))
+  monkeypatch.chdir(nets["root"].parent)
+  for directory in (os.path.join(nets["root"].name, "atnet"), "~/atnet",
+                    "~/converted"):
+    loaded = checkpoint_io.load_network(directory, "atnet")
+    jax.tree.map(np.testing.assert_array_equal, loaded.variables,
+                 nets["at_vars"])
+  assert loaded.path == str(nets["root"] / "converted" / "atnet")
+  pca = checkpoint_io.load_pca_from("~/atnet/landmark_pca.npz")
+  np.testing.assert_array_equal(pca.components, nets["pca"].components)
+  spaced = tmp_path / "my runs" / "vg net"
+  shutil.copytree(nets["root"] / "vgnet", spaced)
+  monkeypatch.chdir(tmp_path)
+  loaded = checkpoint_io.load_network("my runs/vg net", "vgnet")
+  assert loaded.step == 3
+  assert loaded.path == str(spaced / "checkpoints" / "3" / "state")
+  jax.tree.map(np.testing.assert_array_equal, loaded.variables,
+               nets["vg_vars"])
+
+
+def test_unreadable_train_state_names_the_cause(nets, tmp_path):
+  broken = tmp_path / "broken"
+  shutil.copytree(nets["root"] / "atnet", broken)
+  state = broken / "checkpoints" / "3" / "state"
+  (state / "_METADATA").unlink()
+  with pytest.raises(InputError) as info:
+    checkpoint_io.load_network(broken, "atnet")
+  message = str(info.value)
+  assert message.startswith(f"{state}: cannot read the train state: "), message
+  assert "_METADATA" in message and "not a train state" not in message
+  # A readable checkpoint that holds something else is reported as such.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  other = tmp_path / "other"
+  (other / "checkpoints" / "3").mkdir(parents=True)
+  shutil.copy(nets["root"] / "atnet" / "config.json", other / "config.json")
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    checkpointer.save(other / "checkpoints" / "3" / "state",
+                      {"params": {"w": np.zeros(2, np.float32)}})
+  with pytest.raises(InputError, match=r"state: is not a train state: it "
+                     r"holds no 'g' network \(found \['params'\]\)"):
+    checkpoint_io.load_network(other, "atnet")
 
 
 def test_cli_reports_a_mismatched_checkpoint(nets, media, tmp_path, capsys):
@@ -438,6 +485,37 @@ def test_single_inputs_that_work(nets, media, tmp_path, caplog):
   assert photo.transform.left > 200  # the big face, right half
 
 
+def test_paths_resolve_against_the_cwd_the_csv_and_home(tmp_path,
+                                                         monkeypatch):
+  home, elsewhere, batch = (tmp_path / d for d in ("home", "else", "batch dir"))
+  elsewhere.mkdir()
+  batch.mkdir()
+  monkeypatch.setenv("HOME", str(home))
+  monkeypatch.chdir(elsewhere)
+  options = cli.with_user_paths(cli.Options(
+      atnet_workdir="gs://bucket/runs/atnet", vgnet_workdir="~/runs/vg net",
+      image="photo.png", audio="../speech.wav", output="out dir/v.mp4",
+      pca=None))
+  assert options.atnet_workdir == "gs://bucket/runs/atnet"  # a URL stays one
+  assert options.vgnet_workdir == str(home / "runs" / "vg net")
+  assert (options.image, options.audio, options.output) == (
+      str(elsewhere / "photo.png"), str(tmp_path / "speech.wav"),
+      str(elsewhere / "out dir" / "v.mp4"))
+  assert options.pca is None
+  # Rows of a pairs CSV are relative to the CSV's folder; `~` is HOME.
+  (batch / "pairs.csv").write_text(
+      "image,audio,output\n"
+      "photos/a b.png,~/speech.wav,out/a.mp4\n"
+      f"{tmp_path / 'c.png'},../d.wav,~/videos/e.mp4\n")
+  jobs, bad = cli.read_pairs("../batch dir/pairs.csv")
+  assert not bad
+  assert [(j.image, j.audio, j.output) for j in jobs] == [
+      (str(batch / "photos" / "a b.png"), str(home / "speech.wav"),
+       str(batch / "out" / "a.mp4")),
+      (str(tmp_path / "c.png"), os.path.join(batch, "..", "d.wav"),
+       str(home / "videos" / "e.mp4"))]
+
+
 @pytest.mark.parametrize("case, problem", [
     ("not_an_image", "not an image file"),
     ("no_face", "no face found"),
@@ -507,3 +585,26 @@ def test_cli_process_exit_codes(nets, media, tmp_path):
   assert result.returncode == 1
   assert "no_such_run: AT-net checkpoint directory not found" in result.stderr
   assert not (tmp_path / "o.mp4").exists()
+
+
+def test_cli_from_another_directory_with_relative_and_home_paths(nets, media,
+                                                                 tmp_path):
+  """The issue's command: workdirs, speech and output relative to the current
+  directory (a folder with spaces), the photo under `~`."""
+  home, cwd = tmp_path / "home", tmp_path / "some folder"
+  home.mkdir()
+  for name in ("atnet", "vgnet"):
+    shutil.copytree(nets["root"] / name, cwd / "runs" / f"{name} run")
+  shutil.copy(media["obama"], home / "photo.jpg")
+  shutil.copy(media["speech"], cwd / "speech 1s.wav")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+             HOME=str(home))
+  result = subprocess.run(
+      [sys.executable, "-m", "launch.generate", "--image=~/photo.jpg",
+       "--audio=speech 1s.wav", "--atnet_workdir=runs/atnet run",
+       "--vgnet_workdir=runs/vgnet run", "--output=videos/talking face.mp4"],
+      cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  _check_video(cwd / "videos" / "talking face.mp4", media["speech"], (32, 32))
+  assert sorted(os.listdir(cwd)) == ["runs", "speech 1s.wav", "videos"]

@@ -19,11 +19,15 @@ import pytest
 import tensorflow as tf
 
 from data_pipelines import build
+from hcmtfg import audio
+from hcmtfg import checkpoint_io
+from hcmtfg import evaluation
 from hcmtfg import input_pipeline
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import training
 from hcmtfg import workdir as workdir_lib
 from hcmtfg.errors import InputError
+from tests import mutations
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLIPS = 10  # as datasets_test.py / input_pipeline_test.py: one shared build
@@ -52,12 +56,17 @@ def tiny_data(data_root) -> pathlib.Path:
 
 
 def run_train(config: str, workdir: pathlib.Path, data_root: pathlib.Path,
-              cache: pathlib.Path, *overrides: str) -> str:
-  """Runs the launcher; returns its log (stderr + stdout), failing on error."""
+              cache: pathlib.Path, *overrides: str,
+              mutation: str | None = None) -> str:
+  """Runs the launcher; returns its log (stderr + stdout), failing on error.
+
+  `mutation` names one of `tests.mutations.MUTATIONS` to run it under.
+  """
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
              JAX_COMPILATION_CACHE_DIR=str(cache))
-  cmd = [sys.executable, '-m', 'launch.train', f'--config={config}',
+  main = ['launch.train'] if mutation is None else ['tests.mutations', mutation]
+  cmd = [sys.executable, '-m', *main, f'--config={config}',
          f'--workdir={workdir}',
          f'--config.data.data_dir={data_root / "tfds"}',
          f'--config.data.download_dir={data_root / "downloads"}', *overrides]
@@ -95,14 +104,110 @@ def saved_input_position(workdir: pathlib.Path, step: int) -> dict:
                      'metadata').read_text())
 
 
+def atnet_windows(builder, split: str, pca, num_frames: int):
+  """Every AT-net example of a split's clips, stacked (N, ...).
+
+  As the input pipeline makes them, but for every example frame r that has
+  num_frames (T) frames after it, not only r in [3, 7]: example coefficients
+  (N, 6) of frame r, MFCC windows (N, T, 28, 12) and target coefficients
+  (N, T, 6) of frames r+1 .. r+T.
+  """
+  examples, windows, targets = [], [], []
+  for clip in evaluation.read_clips(builder, split):
+    coefs = landmarks_lib.project(pca, clip.normalized)
+    mfcc = audio.mfcc_windows(clip.mfcc, len(coefs))
+    for r in range(len(coefs) - num_frames):
+      examples.append(coefs[r])
+      windows.append(mfcc[r + 1:r + 1 + num_frames])
+      targets.append(coefs[r + 1:r + 1 + num_frames])
+  return tuple(np.asarray(x, np.float32) for x in (examples, windows, targets))
+
+
+def atnet_held_out_scores(workdir: pathlib.Path, data_root: pathlib.Path
+                          ) -> tuple[float, dict[str, float]]:
+  """(MSE of the trained AT-net, MSEs of audio-free predictors) on every
+  example of the clips it did not train on (validation + test), with T as in
+  training.
+
+  The audio-free predictors: the example's coefficients for every frame; the
+  mean target of the training clips; the least-squares affine map from the
+  example's coefficients to the targets, fitted on the training clips (it
+  beats the other two: part of the motion is predictable from the example).
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder('synthetic_talking_faces', config='tiny',
+                         data_dir=str(data_root / 'tfds'))
+  net = checkpoint_io.load_network(workdir, 'atnet')
+  config = json.loads((workdir / 'config.json').read_text())
+  num_frames = config['data']['num_target_frames']
+  example, mfcc, target = atnet_windows(builder, 'train', net.pca, num_frames)
+  with_bias = lambda e: np.concatenate([e, np.ones((len(e), 1))], axis=1)
+  affine = np.linalg.lstsq(with_bias(example), target.reshape(len(target), -1),
+                           rcond=None)[0]
+  train_mean = target.mean(axis=0)
+  example, mfcc, target = atnet_windows(builder, 'validation+test', net.pca,
+                                        num_frames)
+  assert len(example) >= 40  # 2 clips of 29 frames
+  pred = np.asarray(net.module.apply(net.variables, example, mfcc,
+                                     train=False))
+  mse = lambda p: float(np.mean((p - target)**2))
+  return mse(pred), {
+      'copy the example': mse(example[:, None]),
+      'train-set mean': mse(train_mean),
+      'affine map of the example': mse(
+          (with_bias(example) @ affine).reshape(target.shape))}
+
+
+def assert_beats_audio_free_predictors(mse: float, baselines: dict[str, float]):
+  best = min(baselines.values())
+  named = ', '.join(f'{k} {v:.3g}' for k, v in baselines.items())
+  assert mse < 0.8 * best, (f'held-out MSE {mse:.3g} is not below 0.8 x the '
+                            f'best audio-free predictor\'s ({named})')
+
+
+ATNET_STEPS = 200  # ~10 s of the tiny network
+
+
+def atnet_overrides(num_steps: int, *, log_every: int,
+                    eval_every: int) -> list[str]:
+  return [f'--config.num_train_steps={num_steps}',
+          '--config.optim.learning_rate=3e-3',
+          f'--config.log_every_steps={log_every}',
+          f'--config.eval_every_steps={eval_every}',
+          f'--config.checkpoint_every_steps={eval_every}']
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize('hearing', ['as_built', 'deaf'])
 def test_atnet_tiny_trains_writes_summaries_and_resumes(tmp_path, data_root,
-                                                        jax_cache):
+                                                        jax_cache, hearing):
+  """The tiny AT-net learns the corpus's audio -> mouth relation, then resumes.
+
+  After ATNET_STEPS steps it must predict the landmarks of clips it never saw
+  better than any audio-free predictor (`atnet_held_out_scores`). The 'deaf'
+  case trains the same way with the audio features zeroed
+  (`tests.mutations`) and must fail that check; it does: "held-out MSE
+  0.00601 is not below 0.8 x the best audio-free predictor's (copy the
+  example 0.00794, train-set mean 0.00626, affine map of the example
+  0.00467)". AT-net as built reaches 0.00264 (0.57 x).
+  """
   workdir = tmp_path / 'atnet'
-  log = run_train('configs/atnet.py:tiny', workdir, data_root, jax_cache)
+  args = atnet_overrides(ATNET_STEPS, log_every=ATNET_STEPS // 2,
+                         eval_every=ATNET_STEPS // 2)
+  if hearing == 'deaf':
+    run_train('configs/atnet.py:tiny', workdir, data_root, jax_cache, *args,
+              mutation='deaf_atnet')
+    with mutations.deaf_atnet():  # The network as it was trained.
+      scores = atnet_held_out_scores(workdir, data_root)
+    with pytest.raises(AssertionError, match='is not below'):
+      assert_beats_audio_free_predictors(*scores)
+    return
+  log = run_train('configs/atnet.py:tiny', workdir, data_root, jax_cache,
+                  *args)
 
   assert 'checkpoint: none found, initialising' in log
-  assert 'progress: step 2/2 (100.0%)' in log and 'ETA' in log
+  assert f'progress: step {ATNET_STEPS}/{ATNET_STEPS} (100.0%)' in log
+  assert 'ETA' in log
   config = json.loads((workdir / 'config.json').read_text())
   assert config['stage'] == 'atnet' and config['model']['base_width'] == 4
   assert config['data']['data_dir'] == str(data_root / 'tfds')
@@ -115,34 +220,39 @@ def test_atnet_tiny_trains_writes_summaries_and_resumes(tmp_path, data_root,
       pca.components, input_pipeline.load_dataset_pca(builder).components)
 
   events = read_events(workdir)
+  half, last = ATNET_STEPS // 2, ATNET_STEPS
   for tag in ('train/loss', 'train/grad_norm', 'train/learning_rate'):
-    assert sorted(events[tag]) == [1, 2], tag
-  assert np.isfinite([events['train/loss'][s] for s in (1, 2)]).all()
-  assert events['train/learning_rate'][2] == pytest.approx(2e-4)
+    assert sorted(events[tag]) == [half, last], tag
+  assert np.isfinite([events['train/loss'][s] for s in (half, last)]).all()
+  assert events['train/loss'][last] < events['train/loss'][half]
+  assert events['train/learning_rate'][last] == pytest.approx(3e-3)
   # Rates need two writes: the first one only starts the clock.
-  assert events['train/steps_per_sec'][2] > 0
-  assert events['train/examples_per_sec'][2] == pytest.approx(
-      8 * events['train/steps_per_sec'][2], rel=1e-5)
+  assert events['train/steps_per_sec'][last] > 0
+  assert events['train/examples_per_sec'][last] == pytest.approx(
+      8 * events['train/steps_per_sec'][last], rel=1e-5)
   assert {'eval/mse', 'eval/mae', 'eval/baseline_mse'} <= set(events)
-  assert events['eval/baseline_mse'][2] > 0
-  plot = events['images/landmarks'][2]
+  assert events['eval/baseline_mse'][last] > 0
+  plot = events['images/landmarks'][last]
   assert plot.shape[0] > 48 and plot.shape[1] > 48
   red = (plot[..., 0] > 150) & (plot[..., 1] < 100)  # predicted landmarks
   green = (plot[..., 1] > 120) & (plot[..., 0] < 100)  # target landmarks
   assert red.sum() > 50 and (red | green).sum() < 0.5 * red.size
-  assert saved_input_position(workdir, 2)['batches'] == 2
+  assert saved_input_position(workdir, last)['batches'] == last
+  assert_beats_audio_free_predictors(*atnet_held_out_scores(workdir,
+                                                            data_root))
 
-  # The same command with more steps resumes: no re-init, steps 3 and 4 only,
-  # and the input iterator continues from its saved position.
+  # The same command with more steps resumes: no re-init, the 2 new steps
+  # only, and the input iterator continues from its saved position.
   log = run_train('configs/atnet.py:tiny', workdir, data_root, jax_cache,
-                  '--config.num_train_steps=4')
-  assert 'checkpoint: resuming from step 2' in log
+                  *atnet_overrides(last + 2, log_every=1, eval_every=2))
+  assert f'checkpoint: resuming from step {last}' in log
   assert 'initialising' not in log
-  assert 'progress: step 3/4' in log and 'progress: step 1/' not in log
+  assert f'progress: step {last + 1}/{last + 2}' in log
+  assert 'progress: step 1/' not in log
   events = read_events(workdir)
-  assert sorted(events['train/loss']) == [1, 2, 3, 4]
-  assert sorted(events['eval/mse']) == [2, 4]
-  assert saved_input_position(workdir, 4)['batches'] == 4
+  assert sorted(events['train/loss']) == [half, last, last + 1, last + 2]
+  assert sorted(events['eval/mse']) == [half, last, last + 2]
+  assert saved_input_position(workdir, last + 2)['batches'] == last + 2
 
 
 @pytest.mark.slow
@@ -172,6 +282,39 @@ def test_vgnet_tiny_trains_and_writes_image_grids(tmp_path, tiny_data,
   # Row 1 is a real frame, row 2 the generated one: both show a face.
   real, fake = pair[2:2 + s, 2:2 + s], pair[4 + s:4 + 2 * s, 2:2 + s]
   assert real.std() > 10 and fake.std() > 3
+
+
+@pytest.mark.slow
+def test_train_from_another_directory_with_relative_and_home_paths(
+    tmp_path, tiny_data, jax_cache, monkeypatch):
+  """The config file under `~`, the workdir and the dataset relative to the
+  current directory, all with spaces; the workdir then loads for inference
+  by the same relative path."""
+  home, cwd = tmp_path / 'home', tmp_path / 'my work'
+  home.mkdir()
+  cwd.mkdir()
+  (home / 'hcmtfg src').symlink_to(REPO_ROOT, target_is_directory=True)
+  (cwd / 'data sets').symlink_to(tiny_data, target_is_directory=True)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
+             JAX_COMPILATION_CACHE_DIR=str(jax_cache), HOME=str(home),
+             PYTHONPATH=str(REPO_ROOT))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'launch.train',
+       '--config=~/hcmtfg src/configs/atnet.py:tiny', '--workdir=runs/at net',
+       '--config.data.data_dir=data sets/tfds',
+       '--config.data.download_dir=data sets/downloads'],
+      cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+      check=False)
+  assert proc.returncode == 0, (proc.stderr + proc.stdout)[-4000:]
+  workdir = cwd / 'runs' / 'at net'
+  assert (workdir / 'checkpoints' / '2').is_dir()
+  assert json.loads((workdir / 'config.json').read_text())['stage'] == 'atnet'
+  assert sorted(os.listdir(cwd)) == ['data sets', 'runs']  # no folder '~'
+  from hcmtfg import checkpoint_io  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(cwd)
+  loaded = checkpoint_io.load_network('runs/at net', 'atnet')
+  assert loaded.step == 2 and loaded.pca is not None
 
 
 def test_workdir_check_fails_clearly_when_not_writable(tmp_path):

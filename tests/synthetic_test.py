@@ -7,6 +7,7 @@ dlib tracking on the decoded mp4 and MFCC windows of its decoded audio track.
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 
@@ -177,6 +178,27 @@ def test_cli_builds_corpus_and_contact_sheet(tmp_path):
   image = cv2.imread(str(sheet))
   assert image.shape == (5 * 256, 6 * 256, 3)
   assert image[:256, :256].std() > 20  # a real frame, not a blank tile.
+
+
+def test_cli_from_another_directory(shared_data, tmp_path):
+  """--output_dir under `~`, --faces_dir and --contact_sheet relative to the
+  current directory, all with spaces."""
+  home, cwd = tmp_path / "home", tmp_path / "my work"
+  home.mkdir()
+  (cwd / "my faces").mkdir(parents=True)
+  shutil.copy(shared_data / "faces" / "obama.jpg", cwd / "my faces")
+  result = subprocess.run(
+      [sys.executable, "-m", "data_pipelines.synthetic",
+       "--output_dir=~/synthetic corpus", "--num_clips=1", "--seed=3",
+       "--num_workers=1", "--num_words=2", "--faces_dir=my faces",
+       "--contact_sheet=sheets/contact sheet.png"],
+      cwd=cwd, env=dict(os.environ, HOME=str(home), PYTHONPATH=REPO_ROOT),
+      capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert str(home / "synthetic corpus") in result.stdout
+  assert len(glob.glob(str(home / "synthetic corpus" / "*" / "*" / "*.mp4"))) == 1
+  assert cv2.imread(str(cwd / "sheets" / "contact sheet.png")) is not None
+  assert sorted(os.listdir(cwd)) == ["my faces", "sheets"]  # no folder '~'
 
 
 def test_articulation_is_visible_in_landmarks_and_audio():

@@ -7,7 +7,6 @@ r"""Builds the synthetic talking-face corpus (LRW layout) from the command line.
 Re-running with the same flags skips finished clips (resumable).
 """
 
-import os
 import sys
 import time
 
@@ -16,6 +15,7 @@ from absl import flags
 
 from data_pipelines.synthetic import corpus
 from data_pipelines.synthetic import faces as faces_lib
+from hcmtfg import paths
 from hcmtfg.errors import InputError
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Corpus root directory.")
@@ -42,22 +42,25 @@ def main(argv):
     splits = corpus.parse_splits(_SPLITS.value)
   except ValueError as e:
     raise app.UsageError(str(e))
+  output_dir, faces_dir, contact_sheet = (
+      paths.user_path(flag.value)
+      for flag in (_OUTPUT_DIR, _FACES_DIR, _CONTACT_SHEET))
   try:
-    faces = faces_lib.list_faces(_FACES_DIR.value)
+    faces = faces_lib.list_faces(faces_dir)
     start = time.time()
     result = corpus.generate_corpus(
-        _OUTPUT_DIR.value, _NUM_CLIPS.value, _SEED.value, faces=faces, splits=splits,
+        output_dir, _NUM_CLIPS.value, _SEED.value, faces=faces, splits=splits,
         num_words=_NUM_WORDS.value, num_workers=_NUM_WORKERS.value, progress=True)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"built {len(result.built)} clips, skipped {len(result.skipped)} finished ones,"
         f" removed {len(result.removed_partials)} partial files in "
-        f"{time.time() - start:.1f} s -> {os.path.abspath(_OUTPUT_DIR.value)}")
-  if _CONTACT_SHEET.value:
+        f"{time.time() - start:.1f} s -> {output_dir}")
+  if contact_sheet:
     clip = corpus.generate_clip(_CONTACT_SHEET_CLIP.value, _SEED.value, faces,
                                 _NUM_WORDS.value, splits)
-    path = corpus.write_contact_sheet(clip, _CONTACT_SHEET.value)
+    path = corpus.write_contact_sheet(clip, contact_sheet)
     print(f"contact sheet of {clip.info.stem} -> {path}")
   return 0
 
