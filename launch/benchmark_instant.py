@@ -103,15 +103,14 @@ def _write_networks(folder: str, size: str) -> tuple[str, str]:
   return folder, folder
 
 
-def _write_media(folder: str) -> tuple[str, str]:
+def _write_media(folder: str, image: str | None, audio: str | None
+                 ) -> tuple[str, str]:
   import soundfile  # pylint: disable=g-import-not-at-top
-  image = _IMAGE.value
   if image is None:
     import skimage.data  # pylint: disable=g-import-not-at-top
     from PIL import Image  # pylint: disable=g-import-not-at-top
     image = os.path.join(folder, "astronaut.png")
     Image.fromarray(skimage.data.astronaut()).save(image)
-  audio = _AUDIO.value
   if audio is None:
     rng = np.random.default_rng(0)
     t = np.arange(int(_SECONDS.value * 16000)) / 16000
@@ -234,16 +233,23 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if bool(_ATNET.value) != bool(_VGNET.value):
     raise app.UsageError("give both --atnet_workdir and --vgnet_workdir")
+  from hcmtfg import paths  # pylint: disable=g-import-not-at-top
+  # The commands run in the repository: make the user's paths absolute.
+  given = {name: paths.user_path(holder.value) for name, holder in (
+      ("atnet", _ATNET), ("vgnet", _VGNET), ("image", _IMAGE),
+      ("audio", _AUDIO), ("output", _OUTPUT))}
   results = {"machine_before": _machine()}
   with tempfile.TemporaryDirectory(prefix="hcmtfg_instant_") as folder:
-    if _ATNET.value:
-      atnet, vgnet = _ATNET.value, _VGNET.value
+    if given["atnet"]:
+      atnet, vgnet = given["atnet"], given["vgnet"]
       results["networks"] = {"atnet": atnet, "vgnet": vgnet}
     else:
       atnet, vgnet = _write_networks(os.path.join(folder, "nets"),
                                      _NETWORKS.value)
       results["networks"] = f"random weights, {_NETWORKS.value} sizes"
-    image, audio = _write_media(folder)
+    image, audio = _write_media(folder, given["image"], given["audio"])
+    results["speech"] = (given["audio"] or
+                         f"{_SECONDS.value:g} s of synthetic speech")
     cache = os.path.join(folder, "compile_cache")
     common = [f"--atnet_workdir={atnet}", f"--vgnet_workdir={vgnet}",
               f"--compile_cache={cache}"]
@@ -269,7 +275,7 @@ def main(argv):
   serve, stream = results["serve"], results["stream_realtime"]
   print(f"""
 networks: {results['networks']}
-launch.generate (10 s of speech, --paste_back), whole command:
+launch.generate ({results['speech']}, --paste_back), whole command:
   cold {results['generate_cold']['seconds']:.1f} s ({results['generate_cold'].get('compiled')} executables compiled, {results['generate_cold'].get('compile_or_load_seconds')} s), warm {results['generate_warm']['seconds']:.1f} s ({results['generate_warm'].get('compiled')} compiled)
 launch.serve: ready in {serve['startup_seconds']:.1f} s; per request (median of {len(serve['runs'])}): first frame {serve['first_frame_seconds']:.2f} s, video downloaded {serve['video_seconds']:.2f} s
 launch.stream --realtime --paste_back: {stream['sustained_fps']:.1f} frames/s sustained, capacity {stream['capacity_fps']:.1f} frames/s, latency p50 {stream['latency']['p50'] * 1000:.0f} ms p95 {stream['latency']['p95'] * 1000:.0f} ms max {stream['latency']['max'] * 1000:.0f} ms
@@ -277,12 +283,12 @@ machine: {results['machine_before']['cpu']}, {results['machine_before']['cores']
 """, file=sys.stderr)
   text = json.dumps(results, indent=1)
   print(text)
-  if _OUTPUT.value:
+  if given["output"]:
     from hcmtfg import atomic  # pylint: disable=g-import-not-at-top
-    fd, tmp = atomic.temp_beside(_OUTPUT.value)
+    fd, tmp = atomic.temp_beside(given["output"])
     with os.fdopen(fd, "w") as f:
       f.write(text + "\n")
-    os.replace(tmp, _OUTPUT.value)
+    os.replace(tmp, given["output"])
 
 
 if __name__ == "__main__":

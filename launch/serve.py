@@ -9,7 +9,8 @@ persistent compilation cache, see hcmtfg/compile_cache.py), then serves
                                 watch the frames come, get the mp4
   http://HOST:PORT/api/...      the same for scripts (hcmtfg/server/web.py
                                 lists the routes; the page shows curl lines)
-Requests are queued and run one at a time. It listens on 127.0.0.1 only
+Paths may be relative, start with `~` or contain spaces. Requests are
+queued and run one at a time. It listens on 127.0.0.1 only
 unless --host says otherwise; it has no authentication, so give another
 host only on a network you trust. Uploads are limited (--max_upload_mb,
 --max_seconds, --max_queued); temporary files live in one folder removed at
@@ -29,6 +30,7 @@ from absl import logging
 
 from hcmtfg import compile_cache
 from hcmtfg import generate
+from hcmtfg import paths
 from hcmtfg import pipeline as pipeline_lib
 from hcmtfg.errors import InputError
 from hcmtfg.server import uploads
@@ -83,8 +85,10 @@ def main(argv):
   start = time.perf_counter()
   compile_cache.enable(_CACHE.value)
   options = pipeline_lib.NetworkOptions(
-      atnet_workdir=_ATNET.value, vgnet_workdir=_VGNET.value, pca=_PCA.value,
-      release_basics_dir=_BASICS.value,
+      atnet_workdir=paths.user_path(_ATNET.value),
+      vgnet_workdir=paths.user_path(_VGNET.value),
+      pca=paths.user_path(_PCA.value),
+      release_basics_dir=paths.user_path(_BASICS.value),
       release_coef_scaling=_COEF_SCALING.value, min_face_size=_MIN_FACE.value)
   try:
     pipeline = pipeline_lib.Pipeline.load(options)

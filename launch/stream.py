@@ -15,7 +15,8 @@ look-ahead) has arrived, rendered (--paste_back) and written. The run ends
 with a line on stderr giving the frames per second and the latency from
 audio in to frame out (p50 / p95 / max; --report=FILE.json saves it all).
 With --output=FILE the fragmented mp4 is written under a hidden name and
-renamed when complete. Network flags are those of launch.generate.
+renamed when complete. Network flags are those of launch.generate; paths
+may be relative, start with `~` or contain spaces.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hcmtfg import audio as audio_lib
 from hcmtfg import compile_cache
 from hcmtfg import generate
 from hcmtfg import live
+from hcmtfg import paths
 from hcmtfg import pipeline as pipeline_lib
 from hcmtfg.errors import InputError
 
@@ -83,16 +85,22 @@ def main(argv):
                          "must be positive")
   start = time.perf_counter()
   compile_cache.enable(_CACHE.value)
+  image, audio, report_path = (paths.user_path(p) for p in (
+      _IMAGE.value, _AUDIO.value, _REPORT.value))
+  output = _OUTPUT.value if _OUTPUT.value == "-" else paths.user_path(
+      _OUTPUT.value)
   options = pipeline_lib.NetworkOptions(
-      atnet_workdir=_ATNET.value, vgnet_workdir=_VGNET.value, pca=_PCA.value,
-      release_basics_dir=_BASICS.value,
+      atnet_workdir=paths.user_path(_ATNET.value),
+      vgnet_workdir=paths.user_path(_VGNET.value),
+      pca=paths.user_path(_PCA.value),
+      release_basics_dir=paths.user_path(_BASICS.value),
       release_coef_scaling=_COEF_SCALING.value, min_face_size=_MIN_FACE.value)
   try:
     pipeline = pipeline_lib.Pipeline.load(options)
-    speech = audio_lib.load_audio(_AUDIO.value)
-    track, rate = generate.output_audio(_AUDIO.value, speech)
+    speech = audio_lib.load_audio(audio)
+    track, rate = generate.output_audio(audio, speech)
     photo_start = time.perf_counter()
-    photo = pipeline.prepare_photo(_IMAGE.value)
+    photo = pipeline.prepare_photo(image)
     photo_seconds = time.perf_counter() - photo_start
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -107,7 +115,7 @@ def main(argv):
           f"-pixel_format rgb24 -video_size {w}x{h} -framerate 25 -",
           file=sys.stderr, flush=True)
   else:
-    sink = live.FragmentedMp4Writer(_OUTPUT.value, audio=track,
+    sink = live.FragmentedMp4Writer(output, audio=track,
                                     audio_sample_rate=rate)
   ready = time.perf_counter() - start
   try:
@@ -120,16 +128,16 @@ def main(argv):
   print(f"stream: {report.summary()}; set-up {ready:.1f} s (networks warm in "
         f"{warm:.1f} s, photo {photo_seconds * 1000:.0f} ms)", file=sys.stderr)
   print(compile_cache.STATS.summary(), file=sys.stderr)
-  if _REPORT.value:
+  if report_path:
     values = report.as_dict()
     values.update(setup_seconds=ready, warm_up_seconds=warm,
                   photo_seconds=photo_seconds, chunk_frames=_CHUNK.value,
                   first_chunk_frames=first, paste_back=_PASTE_BACK.value,
                   compile_cache=compile_cache.STATS.snapshot())
-    fd, tmp = atomic.temp_beside(_REPORT.value)
+    fd, tmp = atomic.temp_beside(report_path)
     with os.fdopen(fd, "w") as f:
       json.dump(values, f, indent=1)
-    os.replace(tmp, _REPORT.value)
+    os.replace(tmp, report_path)
   return 0
 
 
