@@ -41,6 +41,7 @@ from flax import traverse_util
 import jax
 import numpy as np
 
+from hcmtfg import exported
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import paths
 from hcmtfg.errors import InputError
@@ -277,9 +278,7 @@ def _restore_generator_variables(state_dir: epath.Path) -> dict:
 def _check_variables(module: Any, variables: dict, weights_path: epath.Path,
                      config_path: epath.Path) -> dict:
   """Float32 numpy variables whose tree and shapes match `module.init`."""
-  rngs = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-  expected = traverse_util.flatten_dict(jax.eval_shape(
-      lambda: module.init(rngs, *module.dummy_inputs(), train=False)), sep="/")
+  expected = exported.variable_shapes(module)  # {"params/...": shape, dtype}
   got = traverse_util.flatten_dict(
       {k: v for k, v in variables.items() if k in ("params", "batch_stats")},
       sep="/")

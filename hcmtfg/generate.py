@@ -44,6 +44,8 @@ import numpy as np
 
 from hcmtfg import audio as audio_lib
 from hcmtfg import checkpoint_io
+from hcmtfg import compile_cache
+from hcmtfg import exported
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import photo as photo_lib
 from hcmtfg import streaming
@@ -90,15 +92,21 @@ def _jitted_atnet_chunk():
 def atnet_step(module, variables, carry, example_coef_Bxk, mfcc_BxCx28x12):
   """AT-net on one chunk of B clips, jitted once per (module, shapes).
 
+  With the compilation cache on, runs from a stored export of the step
+  (`hcmtfg.exported`: no tracing after the first process).
+
   Returns `streaming.atnet_chunk`'s (coefficients (B, C, k), carry).
   """
+  if compile_cache.STATS.directory is not None:
+    step = exported.module_step("atnet_chunk", _atnet_chunk, module,
+                                at_net.compiler_options())
+    return step(variables, carry, example_coef_Bxk, mfcc_BxCx28x12)
   return _jitted_atnet_chunk()(module, variables, carry, example_coef_Bxk,
                                mfcc_BxCx28x12)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
-                example_lmark_1x136, components_136xk, mean_136):
+def _vgnet_chunk(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
+                 example_lmark_1x136, components_136xk, mean_136):
   """Frames (C, S, S, 3) uint8, attention (C, S, S), colour uint8, carry."""
   TRACE_COUNTS["vgnet"] += 1
   target = coefs_1xCxk @ components_136xk.T + mean_136  # landmarks x scale
@@ -106,6 +114,27 @@ def _vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
                                      target, example_lmark_1x136)
   return (to_uint8(out.frames[0]), out.attention[0, ..., 0],
           to_uint8(out.colour[0]), carry)
+
+
+_vgnet_step = jax.jit(_vgnet_chunk, static_argnums=(0,))
+
+
+def vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
+               example_lmark_1x136, components_136xk, mean_136):
+  """VG-net on one chunk of C frames, jitted once per (module, shapes).
+
+  The coefficients are back-projected to landmarks on the device.
+
+  Returns:
+    (frames (C, S, S, 3) uint8, attention (C, S, S) float32, colour (C, S, S,
+    3) uint8, carry), all on the device.
+  """
+  if compile_cache.STATS.directory is not None:
+    step = exported.module_step("vgnet_chunk", _vgnet_chunk, module)
+    return step(variables, carry, image_1xSxSx3, coefs_1xCxk,
+                example_lmark_1x136, components_136xk, mean_136)
+  return _vgnet_step(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
+                     example_lmark_1x136, components_136xk, mean_136)
 
 
 class Generator:
@@ -137,10 +166,9 @@ class Generator:
     # Fixed weights: the Winograd convolutions' kernel transforms are
     # computed once here instead of in every chunk step.
     self.atnet_variables = None if atnet is None else jax.device_put(
-        winograd.with_transformed_kernels(atnet, atnet_variables,
-                                          *atnet.dummy_inputs(), train=False))
-    self.vgnet_variables = jax.device_put(winograd.with_transformed_kernels(
-        vgnet, vgnet_variables, *vgnet.dummy_inputs(), train=False))
+        exported.with_transformed_kernels(atnet, atnet_variables))
+    self.vgnet_variables = jax.device_put(
+        exported.with_transformed_kernels(vgnet, vgnet_variables))
     self.release_coef_scaling = bool(release_coef_scaling)
     self.sources = dict(sources or {})
     self.pca_components = jnp.asarray(pca.components, jnp.float32)
@@ -150,6 +178,14 @@ class Generator:
   def image_size(self) -> int:
     """Side S of the generated frames."""
     return self.vgnet.image_size
+
+  def initial_carries(self):
+    """Zero (LSTM, ConvGRU) states of one clip, on the weights' device:
+    committed like the states the chunk steps return, so that the first
+    chunk and the later ones share one executable."""
+    device = next(iter(jax.tree.leaves(self.vgnet_variables)[0].devices()))
+    return (jax.device_put(streaming.atnet_initial_carry(self.atnet), device),
+            jax.device_put(streaming.vgnet_initial_carry(self.vgnet), device))
 
 
 def load_generator_networks(atnet_workdir: str | os.PathLike,
@@ -274,13 +310,14 @@ def predict_landmarks(generator: Generator, photo: PreparedPhoto,
   _, windows_Tx28x12 = audio_lib.speech_features(signal)
   pca = generator.pca
   example_coef = landmarks_lib.project(pca, photo.landmarks).astype(np.float32)
-  carry = streaming.atnet_initial_carry(generator.atnet)
+  carry, _ = generator.initial_carries()
   outputs = []
   for _, n, chunk in _padded_chunks(windows_Tx28x12, chunk_frames):
     coefs, carry = atnet_step(generator.atnet, generator.atnet_variables, carry,
                                example_coef[None], chunk[None])
-    outputs.append(coefs[0, :n])
-  raw = np.asarray(jnp.concatenate(outputs), np.float32)
+    # Sliced and joined on the host: no executable depends on the length.
+    outputs.append(np.asarray(coefs)[0, :n])
+  raw = np.concatenate(outputs).astype(np.float32)
   scaling = (generator.release_coef_scaling if release_coef_scaling is None
              else release_coef_scaling)
   coefs = raw.copy()
@@ -329,11 +366,11 @@ def generate_chunks(generator: Generator, photo: PreparedPhoto,
                                 release_coef_scaling=release_coef_scaling)
   image = jnp.asarray(photo.image[None])
   example = jnp.asarray(vgnet_example_landmark(generator, photo)[None])
-  carry = streaming.vgnet_initial_carry(generator.vgnet)
+  _, carry = generator.initial_carries()
   pending = None
   for start, n, coefs in _padded_chunks(predicted.coefs, chunk_frames):
     # Dispatch this chunk before fetching the previous one (async dispatch).
-    frames, attention, colour, carry = _vgnet_step(
+    frames, attention, colour, carry = vgnet_step(
         generator.vgnet, generator.vgnet_variables, carry, image,
         jnp.asarray(coefs[None]), example, generator.pca_components,
         generator.pca_mean)
@@ -345,8 +382,8 @@ def generate_chunks(generator: Generator, photo: PreparedPhoto,
 
 
 def _fetch(start, n, frames, attention, colour, lmarks) -> FrameChunk:
-  return FrameChunk(start, np.asarray(frames[:n]), np.asarray(attention[:n]),
-                    np.asarray(colour[:n]), lmarks[start:start + n])
+  return FrameChunk(start, np.asarray(frames)[:n], np.asarray(attention)[:n],
+                    np.asarray(colour)[:n], lmarks[start:start + n])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,7 @@ from absl import flags
 import numpy as np
 
 from hcmtfg import atomic
+from hcmtfg import compile_cache
 from hcmtfg import evaluation
 from hcmtfg import generate
 from hcmtfg import paths
@@ -251,6 +252,7 @@ def _define_flags() -> dict[str, flags.FlagHolder]:
   f["release_coef_scaling"] = flags.DEFINE_bool(
       "release_coef_scaling", None, "Scale AT-net coefficients 1..5 as the "
       "release demo (default: on for converted release weights only).")
+  f["compile_cache"] = compile_cache.define_flag()
   return f
 
 
@@ -258,6 +260,7 @@ def main(argv, f: dict[str, flags.FlagHolder]):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   value = {name: holder.value for name, holder in f.items()}
+  compile_cache.enable(value.pop("compile_cache"))
   if not (value["atnet_workdir"] and value["vgnet_workdir"]
           and value["output_dir"]):
     raise app.UsageError("give --atnet_workdir, --vgnet_workdir and --output_dir")

@@ -46,6 +46,7 @@ from absl import logging
 
 from hcmtfg import align
 from hcmtfg import audio as audio_lib
+from hcmtfg import compile_cache
 from hcmtfg import compose
 from hcmtfg import faults
 from hcmtfg import generate
@@ -90,6 +91,7 @@ _VIDEOS_STARTED = 0  # videos this process began (fault-injection tests).
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Batch mode: regenerate "
                                "outputs that already exist (single mode always "
                                "writes).")
+_CACHE = compile_cache.define_flag()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,6 +296,7 @@ def run(options: Options) -> int:
   if options.pairs:
     print(f"{done} generated, {skipped} already done, {len(failures)} failed",
           file=sys.stderr)
+  logging.info("%s", compile_cache.STATS.summary())
   return 1 if failures else 0
 
 
@@ -322,6 +325,7 @@ def main(argv):
     raise app.UsageError("give --atnet_workdir and --vgnet_workdir")
   if _CHUNK_FRAMES.value < 1:
     raise app.UsageError("--chunk_frames must be >= 1")
+  compile_cache.enable(_CACHE.value)
   return run(Options(
       atnet_workdir=_ATNET.value, vgnet_workdir=_VGNET.value, image=_IMAGE.value,
       audio=_AUDIO.value, output=_OUTPUT.value, pairs=_PAIRS.value,

@@ -30,6 +30,7 @@ import jax
 from ml_collections import config_flags
 
 from hcmtfg import checkpointing
+from hcmtfg import compile_cache
 from hcmtfg import sharding
 from hcmtfg import summaries
 from hcmtfg import training
@@ -53,6 +54,7 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process, 0..num_processes-1 (with '
     '--coordinator_address).')
+_CACHE = compile_cache.define_flag()
 
 
 def expand_config_path(argv: list[str]) -> list[str]:
@@ -75,6 +77,7 @@ def main(argv):
                                _PROCESS_ID.value)
   else:
     sharding.initialize_distributed(_JAX_DISTRIBUTED.value)
+  compile_cache.enable(_CACHE.value)
   logging.info('process %d of %d, %d local devices', jax.process_index(),
                jax.process_count(), jax.local_device_count())
   try:

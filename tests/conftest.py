@@ -12,6 +12,9 @@ import pathlib
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Entry points run by tests don't write into the user's compilation cache
+# (tests of the cache give their own folder).
+os.environ.setdefault("HCMTFG_COMPILE_CACHE", "off")
 
 import pytest  # noqa: E402
 

@@ -255,6 +255,18 @@ def module_conv3x3(module: nn.Module, name: str, x_NxHxWxC: Array,
   return winograd_conv3x3(x_NxHxWxC, kernel_3x3xCxF, tile, transformed=u)
 
 
+def transforms_of(module: nn.Module, *args: Any, **kwargs: Any
+                  ) -> Callable[[Mapping[str, Any]], dict[str, Any]]:
+  """variables -> the `TRANSFORMED` collection of `module.apply(variables,
+  *args, **kwargs)` (see `with_transformed_kernels`)."""
+
+  def transforms(variables):
+    _, state = module.apply(variables, *args, mutable=[TRANSFORMED], **kwargs)
+    return state.get(TRANSFORMED, {})
+
+  return transforms
+
+
 def with_transformed_kernels(module: nn.Module, variables: Mapping[str, Any],
                              *args: Any, **kwargs: Any) -> dict[str, Any]:
   """`variables` plus every Winograd kernel transform of `module`, for
@@ -267,11 +279,7 @@ def with_transformed_kernels(module: nn.Module, variables: Mapping[str, Any],
   not change afterwards (recompute after training steps); BatchNorm must not
   be in train mode.
   """
-  def transforms(variables):
-    _, state = module.apply(variables, *args, mutable=[TRANSFORMED], **kwargs)
-    return state.get(TRANSFORMED, {})
-
-  cache = jax.jit(transforms)(variables)
+  cache = jax.jit(transforms_of(module, *args, **kwargs))(variables)
   out = dict(variables)
   if cache:
     out[TRANSFORMED] = cache
