@@ -61,9 +61,12 @@ MODES = {
         "atnet": ("synthetic", {"num_train_steps": 300, "eval_every_steps": 300,
                                 "checkpoint_every_steps": 150,
                                 "log_every_steps": 50}),
-        "vgnet": ("synthetic", {"num_train_steps": 500, "eval_every_steps": 500,
-                                "checkpoint_every_steps": 250,
-                                "log_every_steps": 25}),
+        # The variant's fast talking recipe: 800 reconstruction warm-up
+        # steps, then 200 GAN steps (configs/vgnet.py).
+        "vgnet": ("synthetic", {"num_train_steps": 1000,
+                                "eval_every_steps": 1000,
+                                "checkpoint_every_steps": 500,
+                                "log_every_steps": 50}),
         "words": (0, 3, 7, 11, 15, 19),
     },
     "quick": {
@@ -107,16 +110,22 @@ def stage_config(name: str, mode: dict[str, Any], data_dir: str,
   from configs import vgnet as vgnet_config  # pylint: disable=g-import-not-at-top
   variant, overrides = mode[name]
   overrides = dict(overrides)
+  config = (atnet_config if name == "atnet" else vgnet_config).get_config(variant)
   if steps is not None:
     overrides.update(num_train_steps=steps, checkpoint_every_steps=steps,
                      eval_every_steps=steps if overrides["eval_every_steps"]
                      else 0)
+    if config.optim.decay_steps:  # The schedule spans the run...
+      overrides["optim.decay_steps"] = steps
+    if name == "vgnet" and config.loss.warmup_steps:  # ...and so does the
+      # warm-up, in the same proportion.
+      overrides["loss.warmup_steps"] = max(1, round(
+          steps * config.loss.warmup_steps / config.num_train_steps))
   overrides.update({
       "data.data_dir": data_dir, "data.config": mode["data_config"],
       "data.download_dir": os.path.join(data_dir, "downloads")})
   if mode["num_clips"] is not None:
     overrides["data.num_clips"] = mode["num_clips"]
-  config = (atnet_config if name == "atnet" else vgnet_config).get_config(variant)
   for key, value in overrides.items():
     parent = config
     *path, leaf = key.split(".")
@@ -189,6 +198,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   start = time.monotonic()
   # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
   from data_pipelines import build
+  from hcmtfg import compile_cache
   from hcmtfg import face as face_lib
   from hcmtfg import mouth_metrics
   from hcmtfg import summaries
@@ -199,6 +209,9 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   from launch import generate as generate_cli
   # pylint: enable=g-import-not-at-top
   summaries.quiet_library_logs()
+  # The --compile_cache flag that launch.generate defines (a re-run, or a
+  # later launch.generate / launch.serve, loads what this run compiles).
+  compile_cache.enable(flags.FLAGS.compile_cache)
   mode = MODES["quick" if quick else "full"]
   out = paths.user_path(out)
   data_dir = os.path.join(out, "data")
@@ -284,7 +297,12 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
              "contact_sheet": sheet, "talking_metrics": talking_json,
              "photo": photo, "speech": speech}
   for name, path in results.items():
-    say(f"{name:>13}: {path}")
+    say(f"{name:>15}: {path}")
+  say("try your own photo and speech in a browser with these networks (they "
+      "stay loaded; Ctrl-C stops):")
+  say(f"  python -m launch.serve --atnet_workdir={workdirs['atnet']} "
+      f"--vgnet_workdir={workdirs['vgnet']}")
+  say("  then open http://127.0.0.1:8000/")
   return results
 
 
