@@ -8,6 +8,7 @@ checks that every stage is skipped; last, `launch.generate` runs on the demo's
 networks by relative paths, as a user would next.
 """
 
+import json
 import math
 import os
 import pathlib
@@ -78,6 +79,22 @@ def test_quick_demo_end_to_end_and_resume(tmp_path):
   assert abs(decoded.audio.size / 16000 - seconds) < 0.05
   assert decoded.frames.shape[1:] == (512, 512, 3)  # pasted into the photo
   assert "| SSIM ↑ | release" in metrics.read_text()
+  # The mouth metrics, for the test split and for the demo's own video (the
+  # quick networks do not learn, so only their presence and form are checked
+  # here; tests/vgnet_learning_test.py checks that training moves the mouth).
+  assert "| aperture r ↑ |" in metrics.read_text()
+  scores = json.loads((out / "eval" / "metrics.json").read_text())["metrics"]
+  for path in ("cascade", "gt_landmarks", "real"):
+    assert f"{path}/aperture_r" in scores and f"{path}/sync_r" in scores, path
+  talking = json.loads((out / "talking_metrics.json").read_text())
+  assert talking["frames"] == decoded.num_frames
+  assert talking["detected"] > 0.9  # dlib finds the face in the video
+  assert talking["driving_aperture_std"] > 0  # AT-net's landmarks were read
+  for key in ("aperture_std", "aperture_r", "std_ratio", "sync_r",
+              "sync_peak_lag", "driving_sync_r"):
+    assert key in talking, key
+  assert "the video's mouth:" in stdout and "sync proxy" in stdout
+  assert "python -m launch.serve --atnet_workdir=" in stdout
   image = cv2.imread(str(sheet))
   assert image is not None and image.shape[1] == 5 * 128
   assert image.shape[0] >= 4 * 128 and image.std() > 10

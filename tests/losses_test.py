@@ -103,3 +103,35 @@ def test_gan_losses_named_and_stable_for_large_logits():
                              200.0, rtol=1e-6)
   grads = jax.grad(losses.generator_gan_loss)(jnp.array([-200.0, 0.0]))
   np.testing.assert_allclose(grads, [-0.5, -0.25], rtol=1e-6)
+
+
+def test_mouth_region_mask_is_the_padded_box_of_the_mouth_points():
+  # Mouth points spanning x 10..20 (width 10), y 30..34, in a 48-pixel frame.
+  points = np.stack([np.linspace(10, 20, 20), np.linspace(30, 34, 20)], -1)
+  mask = np.asarray(losses.mouth_region_mask(points[None, None], 48, pad=0.2))
+  assert mask.shape == (1, 1, 48, 48, 1)
+  rows, cols = np.nonzero(mask[0, 0, ..., 0])
+  # Grown by 0.2 x width = 2 px on every side: x 8..22, y 28..36.
+  assert (cols.min(), cols.max(), rows.min(), rows.max()) == (8, 22, 28, 36)
+  assert mask.sum() == 15 * 9
+  # Each frame has its own box.
+  moved = np.stack([points, points + 5.0])[None]
+  two = np.asarray(losses.mouth_region_mask(moved, 48, pad=0.0))
+  assert two[0, 1, 35, 25, 0] == 1 and two[0, 0, 35, 25, 0] == 0
+
+
+def test_weighted_pixel_losses_match_numpy():
+  rng = np.random.default_rng(3)
+  fake = rng.uniform(-1, 1, (2, 3, 8, 8, 3)).astype(np.float32)
+  real = rng.uniform(-1, 1, (2, 3, 8, 8, 3)).astype(np.float32)
+  att = rng.uniform(0, 1, (2, 3, 8, 8, 1)).astype(np.float32)
+  weight = 1.0 + 10.0 * (rng.uniform(size=(2, 3, 8, 8, 1)) > 0.7)
+  err = np.abs(fake - real)
+  np.testing.assert_allclose(losses.l1_loss(fake, real, weight),
+                             np.mean(err * weight), rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.dynamic_pixel_loss(fake, real, att, weight),
+      np.mean(err * (att + 0.5) * weight), rtol=1e-5)
+  # Without weights: the paper's losses.
+  np.testing.assert_allclose(losses.dynamic_pixel_loss(fake, real, att),
+                             np.mean(err * (att + 0.5)), rtol=1e-5)

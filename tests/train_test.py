@@ -30,7 +30,11 @@ VG_TRAIN_KEYS = {
     'train/d_loss', 'train/d_real', 'train/d_fake', 'train/d_lmark',
     'train/g_adv', 'train/g_lmark', 'train/g_pixel', 'train/g_loss',
     'train/g_grad_norm', 'train/d_grad_norm', 'train/d_prob_real',
-    'train/d_prob_fake'}
+    'train/d_prob_fake', 'train/d_lmark_real', 'train/d_lmark_fake',
+    'train/g_grad_norm_colour', 'train/g_grad_norm_attention'}
+# Only with the regression discriminator.
+VG_REGRESSION_KEYS = {'train/d_lmark', 'train/g_lmark', 'train/d_lmark_real',
+                      'train/d_lmark_fake'}
 
 
 def _loop_fields(c: C) -> C:
@@ -519,6 +523,39 @@ def vgnet_run(mesh1):
               states=states, metrics=metrics, traces=counter.count)
 
 
+def test_reconstruction_warmup_trains_g_alone_then_the_gan_takes_over(mesh1):
+  """`loss.warmup_steps`: reconstruction steps (G only, pixel terms, the
+  colour L1 and the mouth box weighted) then GAN steps; the switch follows
+  the state's step, so a resumed run picks up where it was."""
+  config = vgnet_config(warmup_steps=1, colour_weight=1.0,
+                        mouth_pixel_weight=10.0)
+  state = train_vgnet.make_init_fn(config, jax.random.PRNGKey(0), mesh1)()
+  before = host_copy(state)
+  step_fn = train_vgnet.jit_train_step(config, mesh1)
+  assert isinstance(step_fn, train_vgnet.WarmupThenGan)
+  rs = np.random.RandomState(7)
+  mouth = rs.uniform(8, 24, (B, T, 20, 2)).astype(np.float32)
+  batches = [dict(vgnet_batch(i), target_mouth=mouth) for i in range(2)]
+  state, m = step_fn(state, on(mesh1, batches[0]))
+  m = jax.device_get(m)
+  assert set(m) == {'train/g_loss', 'train/g_pixel', 'train/g_colour',
+                    'train/g_grad_norm', 'train/g_grad_norm_colour',
+                    'train/g_grad_norm_attention', 'train/att_mouth',
+                    'train/att_rest'}
+  np.testing.assert_allclose(
+      m['train/g_loss'], 10 * (m['train/g_pixel'] + m['train/g_colour']),
+      rtol=1e-5)
+  warm = host_copy(state)
+  assert int(warm.step) == 1
+  assert_trees_identical(warm.d, before.d)  # D untouched
+  assert not np.array_equal(
+      jax.tree.leaves(warm.g.params)[0], jax.tree.leaves(before.g.params)[0])
+  # Step 2 is a GAN step, also for a fresh dispatcher resuming at step 1.
+  resumed = train_vgnet.jit_train_step(config, mesh1)
+  _, m = resumed(state, on(mesh1, batches[1]))
+  assert VG_TRAIN_KEYS <= set(jax.device_get(m))
+
+
 def test_vgnet_gan_step_updates_both_networks(vgnet_run):
   assert vgnet_run['traces'] == 1
   for m in vgnet_run['metrics']:
@@ -528,9 +565,14 @@ def test_vgnet_gan_step_updates_both_networks(vgnet_run):
         m['train/d_loss'],
         m['train/d_real'] + m['train/d_fake'] + m['train/d_lmark'], rtol=1e-5)
     np.testing.assert_allclose(
+        m['train/d_lmark'], m['train/d_lmark_real'] + m['train/d_lmark_fake'],
+        rtol=1e-5)
+    np.testing.assert_allclose(
         m['train/g_loss'],
         m['train/g_adv'] + m['train/g_lmark'] + 10 * m['train/g_pixel'],
         rtol=1e-5)
+    assert 0 < m['train/g_grad_norm_colour'] < m['train/g_grad_norm']
+    assert 0 < m['train/g_grad_norm_attention'] < m['train/g_grad_norm']
   before, after = vgnet_run['states'][0], vgnet_run['states'][1]
   assert int(after.step) == 1
   for net in ('g', 'd'):
@@ -717,7 +759,7 @@ def test_vgnet_ablations_l1_loss_plain_discriminator_bfloat16(vgnet_run, mesh1):
   for i in range(2):
     state, m = step_fn(state, on(mesh1, vgnet_batch(i)))
     m = jax.device_get(m)
-    assert set(m) == VG_TRAIN_KEYS - {'train/d_lmark', 'train/g_lmark'}
+    assert set(m) == VG_TRAIN_KEYS - VG_REGRESSION_KEYS
     assert_finite(m)
     np.testing.assert_allclose(
         m['train/g_loss'], m['train/g_adv'] + 10 * m['train/g_pixel'],
