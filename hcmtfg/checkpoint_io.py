@@ -2,7 +2,7 @@
 
 Two directory layouts are accepted for each network, detected from the files:
 
-* a training workdir (`hcmtfg.train_atnet` / `train_vgnet`):
+* a training workdir (`hcmtfg.atnet_steps` / `vgnet_steps`):
     <workdir>/config.json            the experiment ConfigDict as JSON; AT-net's
                                      `model` holds ATNet attributes, VG-net's
                                      `model.generator` holds VGNet attributes

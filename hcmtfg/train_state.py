@@ -392,7 +392,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
     config: the experiment config.
     workdir: checkpoints go to `workdir/checkpoints`.
     mesh: the device mesh.
-    init_fn: argument-free jitted initialiser (see `train_atnet.make_init_fn`).
+    init_fn: argument-free jitted initialiser (see `atnet_steps.make_init_fn`).
     train_step_fn: jitted `(state, global batch) -> (state, metrics)`.
     eval_step_fn: jitted `(state, global batch) -> metrics`, or None.
     make_train_iter: `position -> iterator`; position is None for a fresh start,
@@ -436,7 +436,7 @@ def train_and_evaluate(
   """Trains one stage on every device, resuming from `workdir` if possible.
 
   Args:
-    trainer: the stage's module, `hcmtfg.train_atnet` or `hcmtfg.train_vgnet`
+    trainer: the stage's module, `hcmtfg.atnet_steps` or `hcmtfg.vgnet_steps`
       (its `make_init_fn`, `jit_train_step` and `jit_eval_step` are used).
     config, workdir, make_train_iter, eval_batches, write_metrics: as `fit`.
     compiler_options: XLA options for the jitted init and steps.

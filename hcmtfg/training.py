@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from hcmtfg import atnet_steps
 from hcmtfg import init_from
 from hcmtfg import input_pipeline
 from hcmtfg import landmarks as landmarks_lib
@@ -42,9 +43,8 @@ from hcmtfg import locking
 from hcmtfg import paths
 from hcmtfg import sharding
 from hcmtfg import summaries
-from hcmtfg import train_atnet
 from hcmtfg import train_state as ts
-from hcmtfg import train_vgnet
+from hcmtfg import vgnet_steps
 from hcmtfg import visualize
 from hcmtfg import workdir as workdir_lib
 from hcmtfg.errors import InputError
@@ -136,7 +136,7 @@ def _atnet_predict(state: ts.TrainState, batch, config) -> dict[str, jax.Array]:
   """Eval-mode predictions for the first `summaries.num_examples` clips."""
   k, compute = config.summaries.num_examples, ts.compute_dtype(config)
   dtype = compute or jnp.float32
-  pred = train_atnet.build_model(config).apply(
+  pred = atnet_steps.build_model(config).apply(
       state.g.variables(None, compute, train=False),
       batch['example_coef'][:k].astype(dtype), batch['mfcc'][:k].astype(dtype),
       train=False)
@@ -151,7 +151,7 @@ def _vgnet_predict(state: ts.TrainState, batch, config) -> dict[str, jax.Array]:
   dtype = compute or jnp.float32
   x = {name: batch[name][:k] for name in
        ('example_image', 'target_lmark', 'example_lmark', 'target_image')}
-  out = train_vgnet.build_generator(config).apply(
+  out = vgnet_steps.build_generator(config).apply(
       state.g.variables(None, compute, train=False),
       x['example_image'].astype(dtype), x['target_lmark'].astype(dtype),
       x['example_lmark'].astype(dtype), train=False)
@@ -170,10 +170,10 @@ def _stage(config: ml_collections.ConfigDict):
   """(trainer module, predict fn, host fn: (outputs, pca) -> image dict)."""
   s = config.summaries
   if config.stage == 'atnet':
-    return train_atnet, _atnet_predict, lambda out, pca: visualize.atnet_grids(
+    return atnet_steps, _atnet_predict, lambda out, pca: visualize.atnet_grids(
         out['pred_coef'], out, pca, s.num_frames, s.image_size)
   if config.stage == 'vgnet':
-    return train_vgnet, _vgnet_predict, lambda out, pca: visualize.vgnet_grids(
+    return vgnet_steps, _vgnet_predict, lambda out, pca: visualize.vgnet_grids(
         out, out, s.num_frames)
   raise ValueError(f"config.stage must be 'atnet' or 'vgnet', got "
                    f'{config.stage!r}')

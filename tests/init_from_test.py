@@ -11,11 +11,11 @@ import pytest
 
 from configs import atnet
 from configs import vgnet
+from hcmtfg import atnet_steps
 from hcmtfg import convert_torch
 from hcmtfg import init_from
 from hcmtfg import sharding
-from hcmtfg import train_atnet
-from hcmtfg import train_vgnet
+from hcmtfg import vgnet_steps
 from hcmtfg.errors import InputError
 
 FAST = {'xla_backend_optimization_level': 0}
@@ -54,12 +54,12 @@ def initialisers(trainer, config):
 def test_atnet_starts_from_converted_weights(tmp_path):
   config = atnet.get_config('tiny')
   config.init_from = str(tmp_path)
-  base, wrapped, mesh = initialisers(train_atnet, config)
+  base, wrapped, mesh = initialisers(atnet_steps, config)
   assert isinstance(wrapped, init_from.InitFrom)
   fresh = base()
   variables = perturbed(fresh.g, seed=7)
   convert_torch.save_converted(tmp_path, 'atnet', variables,
-                               train_atnet.build_model(config).to_config())
+                               atnet_steps.build_model(config).to_config())
 
   state = wrapped()
   assert_trees_equal(state.g.params, variables['params'])
@@ -92,12 +92,12 @@ def test_atnet_starts_from_converted_weights(tmp_path):
 def test_vgnet_takes_generator_and_optional_discriminator(tmp_path):
   config = vgnet.get_config('tiny')
   config.init_from = str(tmp_path)
-  base, wrapped, _ = initialisers(train_vgnet, config)
+  base, wrapped, _ = initialisers(vgnet_steps, config)
   fresh = base()
   g_vars = perturbed(fresh.g, seed=3)
   convert_torch.save_converted(
       tmp_path, 'vgnet', g_vars,
-      train_vgnet.build_generator(config).to_config())
+      vgnet_steps.build_generator(config).to_config())
   state = wrapped()
   assert_trees_equal(state.g.params, g_vars['params'])
   assert_trees_equal(state.g.batch_stats, g_vars['batch_stats'])
@@ -107,7 +107,7 @@ def test_vgnet_takes_generator_and_optional_discriminator(tmp_path):
   d_vars = perturbed(fresh.d, seed=4)
   convert_torch.save_converted(
       tmp_path, 'discriminator', d_vars,
-      train_vgnet.build_discriminator(config).to_config())
+      vgnet_steps.build_discriminator(config).to_config())
   state = wrapped()
   assert_trees_equal(state.d.params, d_vars['params'])
   assert_trees_equal(state.g.params, g_vars['params'])
@@ -116,7 +116,7 @@ def test_vgnet_takes_generator_and_optional_discriminator(tmp_path):
 def test_shape_mismatch_and_missing_directories(tmp_path):
   config = atnet.get_config('tiny')
   mesh = sharding.make_mesh()
-  abstract = train_atnet.make_init_fn(config, jax.random.PRNGKey(0),
+  abstract = atnet_steps.make_init_fn(config, jax.random.PRNGKey(0),
                                       mesh).eval_shape()
   variables = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
                            {'params': abstract.g.params,
