@@ -19,10 +19,10 @@ import numpy as np
 
 from configs import atnet as atnet_configs
 from configs import vgnet as vgnet_configs
+from hcmtfg import atnet_steps
 from hcmtfg import sharding
-from hcmtfg import train_atnet
 from hcmtfg import train_state as ts
-from hcmtfg import train_vgnet
+from hcmtfg import vgnet_steps
 from hcmtfg.models import at_net
 from hcmtfg.models import winograd
 from launch import benchmark_generate
@@ -173,7 +173,7 @@ def _at_train(options: Options, batch: int) -> Case:
     config.batch_size = batch
     config.data.num_target_frames = frames
     config.compute_dtype = options.dtype
-    return _train_side(train_atnet.train_step, config,
+    return _train_side(atnet_steps.train_step, config,
                        {"g": flax_side["atnet"][1]}, inputs, "train/loss",
                        options, default_options=at_net.compiler_options)
 
@@ -216,7 +216,7 @@ def _vg_gan(options: Options, batch: int, fused: bool = False) -> Case:
     config.model.discriminator.base_width = sizes["base_width"]
     config.loss.release_detached_gan = False
     config.loss.fused_gan_step = fused
-    return _train_side(train_vgnet.train_step, config,
+    return _train_side(vgnet_steps.train_step, config,
                        {"g": flax_side["vgnet"][1],
                         "d": flax_side["discriminator"][1]},
                        inputs, "train/g_loss", options)

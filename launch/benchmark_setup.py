@@ -267,7 +267,7 @@ def at_inputs(batch: int, frames: int, seed: int) -> dict[str, np.ndarray]:
 
 def vg_inputs(batch: int, frames: int, size: int,
               seed: int) -> dict[str, np.ndarray]:
-  """VG-net batch (NHWC, see `hcmtfg.train_vgnet`): images in [-1, 1]."""
+  """VG-net batch (NHWC, see `hcmtfg.vgnet_steps`): images in [-1, 1]."""
   rng = np.random.default_rng(seed)
   example = rng.normal(0, 0.3, (batch, 136)).astype(np.float32)
   return {

@@ -16,7 +16,7 @@ Written from ATVGNET_SPEC.md §2 and §5, not copied from the release:
        gradients are computed for them; the cheapest faithful baseline).
   `detached_gan=True` feeds D a detached fake in the G step (the release's
   quirk: only the pixel loss then trains G), as `loss.release_detached_gan` in
-  `hcmtfg.train_vgnet`.
+  `hcmtfg.vgnet_steps`.
 
 Tensors are PyTorch-layout: images (N, 3, H, W), clips (N, T, 3, H, W).
 """
