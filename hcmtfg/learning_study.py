@@ -10,8 +10,9 @@ Variants (`VARIANTS`), each a few config overrides on one base VG-net config:
                  (model.regress_landmarks=False);
   no_attention   colour output only (model.generator.use_attention=False).
 
-`run` trains each variant with the real trainer (`training.train`) in its own
-workdir `<output_dir>/<variant>`, saving a checkpoint every `eval_every` steps
+`run` trains each variant with the real trainer (`training.train`), on the
+dataset its caller's `prepare_dataset` gives, in its own workdir
+`<output_dir>/<variant>`, saving a checkpoint every `eval_every` steps
 (all of them kept; the trainer's own validation evals are off), then scores
 each of those checkpoints with `hcmtfg.evaluation`: VG-net alone on the true
 landmarks of a split (the 'gt_landmarks' path, what the ablation is about; no
@@ -488,6 +489,7 @@ def _summary_line(results: dict[str, Any], path: str) -> str:
 
 
 def run(base: ml_collections.ConfigDict, output_dir: str, *,
+        prepare_dataset: Callable[[ml_collections.ConfigDict], Any],
         variants: Sequence[str] = tuple(VARIANTS), steps: int | None = None,
         eval_every: int | None = None, data_dir: str | None = None,
         split: str = "test", max_clips: int | None = None,
@@ -499,6 +501,9 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
   Args:
     base: a VG-net config (configs/vgnet.py and any user overrides).
     output_dir: where the workdirs, evaluations and the report go.
+    prepare_dataset: `config.data -> prepared TFDS builder`, building a
+      missing synthetic corpus (`data_pipelines.build.prepare_dataset`); every
+      variant trains on that dataset and its `split` is evaluated.
     variants: keys of `VARIANTS`, in the order they run.
     steps: training steps (None: the config's num_train_steps).
     eval_every: evaluate every N steps (None: the config's eval_every_steps,
@@ -578,7 +583,7 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
     plot(numbers, paths["png"],
          f"{settings['dataset']} {split}: VG-net on the true landmarks")
 
-  builder = training.prepare_dataset(first_config.data)
+  builder = prepare_dataset(first_config.data)
   if split not in builder.info.splits:
     raise InputError(os.fspath(builder.data_dir), f"no split {split!r} (it has "
                      f"{', '.join(sorted(builder.info.splits))})")
@@ -598,7 +603,7 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
           f"{override_flags({**shown, **VARIANTS[variant].overrides})} "
           f"--workdir={os.path.join(display_dir, variant)}")
       t = time.monotonic()
-      training.train(config, workdir)
+      training.train(config, workdir, builder)
       study["train_seconds"][variant] = (study["train_seconds"].get(variant, 0.0)
                                          + time.monotonic() - t)
       report()

@@ -39,7 +39,7 @@ Config fields read here (an `ml_collections.ConfigDict`):
   loss.release_detached_gan  False (see above)
   loss.fused_gan_step     False: one generator forward per step (see above)
   optim.learning_rate, optim.b1, optim.b2 (shared by G and D)
-  plus the loop fields of `hcmtfg.train_state.fit`.
+  plus the loop fields of `hcmtfg.training.train`.
 
 Batches: 'example_image' (B, H, W, 3) in [-1, 1]; 'example_lmark' (B, 136);
 'target_image' (B, T, H, W, 3) in [-1, 1]; 'target_lmark' (B, T, 136).

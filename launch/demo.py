@@ -237,7 +237,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
         say(f"{workdir} is at step {done}: already trained")
         continue
       say(f"python -m launch.train {command} --workdir={workdir}")
-      training.train(config, workdir)
+      training.train(config, workdir, build.prepare_dataset(config.data))
 
   checkpoints = {n: f"{w}@{latest_step(w)}" for n, w in workdirs.items()}
   eval_dir = os.path.join(out, "eval")

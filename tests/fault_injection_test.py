@@ -386,7 +386,7 @@ def test_training_survives_kills_corruption_a_second_trainer_and_full_disk(
   with pytest.raises(locking.WorkdirLockedError,
                      match=rf'another trainer is using this workdir \(pid '
                      rf'{first.proc.pid} on host '):
-    training.train(config, workdir)
+    training.train(config, workdir, build.prepare_dataset(config.data))
   first.proc.send_signal(signal.SIGKILL)
   assert first.wait()[0] == -signal.SIGKILL
   events.append(f'external SIGKILL in step {n}')

@@ -290,7 +290,8 @@ def test_study_end_to_end_and_resume(tmp_path, tiny_data):
   config.loss.fused_gan_step = True
   config.loss.warmup_steps = 0
   said = []
-  learning_study.run(config, str(out), variants=E2E_VARIANTS, steps=2,
+  learning_study.run(config, str(out), prepare_dataset=build.prepare_dataset,
+                     variants=E2E_VARIANTS, steps=2,
                      eval_every=1, data_dir=str(tiny_data), split="train",
                      max_clips=2, command="again", say=said.append)
   assert said == [f"[{v}] trained to step 2" for v in E2E_VARIANTS]
@@ -299,6 +300,7 @@ def test_study_end_to_end_and_resume(tmp_path, tiny_data):
   assert [r["command"] for r in study["runs"]][1:] == ["again"]
   assert _table_rows((out / "learning_study.md").read_text()) == rows
   with pytest.raises(InputError, match="split='train'"):  # not mixed
-    learning_study.run(config, str(out), variants=E2E_VARIANTS, steps=2,
+    learning_study.run(config, str(out), prepare_dataset=build.prepare_dataset,
+                       variants=E2E_VARIANTS, steps=2,
                        eval_every=1, data_dir=str(tiny_data), split="test",
                        say=said.append)

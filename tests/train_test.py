@@ -6,6 +6,7 @@ are shared through module-scoped fixtures to keep compile time down.
 """
 
 import os
+import pathlib
 import signal
 
 import jax
@@ -15,11 +16,15 @@ import numpy as np
 import pytest
 from skimage import metrics as skimage_metrics
 
+from configs import atnet as atnet_configs
+from data_pipelines import build
 from hcmtfg import atnet_steps
 from hcmtfg import checkpointing
 from hcmtfg import paths
 from hcmtfg import sharding
+from hcmtfg import summaries
 from hcmtfg import train_state as ts
+from hcmtfg import training
 from hcmtfg import vgnet_steps
 from tests import mutations
 
@@ -38,8 +43,8 @@ VG_REGRESSION_KEYS = {'train/d_lmark', 'train/g_lmark', 'train/d_lmark_real',
 
 
 def _loop_fields(c: C) -> C:
-  # Used by train_and_evaluate; equal configs share compiled steps, so the
-  # tests that drive the loop directly use the same config.
+  # The loop's fields, as the trainer reads them; equal configs share compiled
+  # steps, so every test that drives the loop uses the same config.
   c.num_train_steps = 2
   c.log_every_steps = 1
   c.eval_every_steps = 2
@@ -393,10 +398,10 @@ def run_loop(setup, mesh, workdir, num_steps, *, position=None, state=None,
     state, position = checkpointing.restore_or_init(ckpt, init_fn)
   batches = Batches(atnet_batch, position, on_next)
   try:
-    state = ts.run_train_loop(state=state, train_step_fn=step_fn,
-                              train_iter=batches, mesh=mesh, checkpointer=ckpt,
-                              num_steps=num_steps, log_every=2,
-                              preemption=preemption)
+    state = training.run_train_loop(state=state, train_step_fn=step_fn,
+                                    train_iter=batches, mesh=mesh,
+                                    checkpointer=ckpt, num_steps=num_steps,
+                                    log_every=2, preemption=preemption)
   finally:
     ckpt.close()
   return state, batches
@@ -485,13 +490,30 @@ def test_nan_loss_raises_naming_the_step(atnet_setup, mesh8, tmp_path):
                                7)
 
 
-def test_train_and_evaluate_runs_the_real_loop(tmp_path, mesh8):
-  config = atnet_config()  # The same config as atnet_setup: no recompiles.
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory) -> pathlib.Path:
+  """The tiny dataset the other tests share, built if none of them built it."""
+  root = tmp_path_factory.getbasetemp() / 'hcmtfg_datasets'
+  build.build_dataset('synthetic_talking_faces', root / 'tfds', config='tiny',
+                      num_clips=10, download_dir=root / 'downloads')
+  return root / 'tfds'
+
+
+def test_train_runs_the_real_loop_on_the_tiny_config(tmp_path, tiny_data,
+                                                    monkeypatch):
+  """The trainer (`training.train`) on configs/atnet.py:tiny for its 2 steps:
+  a train write at steps 1 and 2, an evaluation at step 2, checkpoints."""
+  config = atnet_configs.get_config('tiny')
+  config.data.data_dir = str(tiny_data)
   written = []
-  state = ts.train_and_evaluate(
-      atnet_steps, config, tmp_path, lambda position: Batches(atnet_batch, position),
-      eval_batches=lambda: [atnet_batch(50)],
-      write_metrics=lambda step, m: written.append((step, m)))
+  write = summaries.MetricsSink.__call__
+
+  def record(sink, step, metrics):
+    written.append((step, dict(metrics)))
+    write(sink, step, metrics)
+
+  monkeypatch.setattr(summaries.MetricsSink, '__call__', record)
+  state = training.train(config, tmp_path, build.prepare_dataset(config.data))
   assert int(state.step) == 2
   assert [step for step, _ in written] == [1, 2, 2]
   assert 'train/loss' in written[1][1] and 'eval/baseline_mse' in written[2][1]
