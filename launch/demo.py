@@ -41,6 +41,7 @@ from typing import Any, Iterator
 from absl import app
 from absl import flags
 
+from hcmtfg import compile_cache
 from hcmtfg import paths
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_output",
@@ -51,6 +52,7 @@ _ATNET_STEPS = flags.DEFINE_integer("atnet_steps", None, "AT-net training "
                                     "steps (default: per mode).")
 _VGNET_STEPS = flags.DEFINE_integer("vgnet_steps", None, "VG-net training "
                                     "steps (default: per mode).")
+_CACHE = compile_cache.define_flag()
 
 # Per mode: dataset builder config and corpus size, config variant and
 # overrides of each stage (eval_every_steps 0: no evaluation while training),
@@ -198,7 +200,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   start = time.monotonic()
   # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
   from data_pipelines import build
-  from hcmtfg import compile_cache
+  from hcmtfg import batch_generate
   from hcmtfg import face as face_lib
   from hcmtfg import mouth_metrics
   from hcmtfg import summaries
@@ -206,12 +208,11 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   from hcmtfg import video as video_lib
   from launch import demo_media
   from launch import evaluate
-  from launch import generate as generate_cli
   # pylint: enable=g-import-not-at-top
   summaries.quiet_library_logs()
-  # The --compile_cache flag that launch.generate defines (a re-run, or a
-  # later launch.generate / launch.serve, loads what this run compiles).
-  compile_cache.enable(flags.FLAGS.compile_cache)
+  # A re-run, or a later launch.generate / launch.serve, loads what this run
+  # compiles.
+  compile_cache.enable(_CACHE.value)
   mode = MODES["quick" if quick else "full"]
   out = paths.user_path(out)
   data_dir = os.path.join(out, "data")
@@ -265,7 +266,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
         f"\"{demo_media.sentence_text(mode['words'])}\"")
 
   video = os.path.join(out, "talking_face.mp4")
-  side = generate_cli.intermediates_path(video)
+  side = batch_generate.intermediates_path(video)
   sheet = os.path.join(out, "contact_sheet.png")
   talking_json = os.path.join(out, "talking_metrics.json")
   with stage("generate", timings):
@@ -275,7 +276,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
       with open(talking_json, encoding="utf-8") as f:
         talking = json.load(f)
     else:
-      code = generate_cli.run(generate_cli.Options(
+      code = batch_generate.run(batch_generate.Options(
           atnet_workdir=workdirs["atnet"], vgnet_workdir=workdirs["vgnet"],
           image=photo, audio=speech, output=video, save_intermediates=True,
           paste_back=True))

@@ -533,7 +533,7 @@ def generation_setup(tmp_path_factory, shared_data):
 def test_batch_generation_killed_then_rerun_skips_finished_videos(
     generation_setup, capsys):
   from hcmtfg import video as video_lib  # pylint: disable=g-import-not-at-top
-  from launch import generate as cli  # pylint: disable=g-import-not-at-top
+  from hcmtfg import batch_generate as cli  # pylint: disable=g-import-not-at-top
   root = generation_setup
   out = root / 'out'
   n = random.Random(SEED).randint(2, 3)  # killed while writing video n

@@ -22,6 +22,7 @@ import pytest
 import soundfile
 
 from hcmtfg import audio as audio_lib
+from hcmtfg import batch_generate as cli
 from hcmtfg import checkpoint_io
 from hcmtfg import checkpointing
 from hcmtfg import compose
@@ -33,7 +34,6 @@ from hcmtfg import streaming
 from hcmtfg import train_state as ts
 from hcmtfg import video as video_lib
 from hcmtfg.errors import InputError
-from launch import generate as cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ATNET = dict(base_width=4, lmark_features=[8, 16], audio_features=[32, 8],
