@@ -9,12 +9,12 @@ Stages (each prints its wall time; a re-run skips what is already done):
   2. atnet     train AT-net on it for a few minutes (DIR/atnet_synthetic, or
                DIR/atnet_tiny with --quick);
   3. vgnet     train VG-net (DIR/vgnet_synthetic or DIR/vgnet_tiny);
-  4. evaluate  both networks on the test split (launch.evaluate: DIR/eval/
-               metrics.md, metrics.json);
+  4. evaluate  both networks on the test split (as launch.evaluate does:
+               DIR/eval/metrics.md, metrics.json);
   5. inputs    a real photo (scikit-image's astronaut, DIR/photo.png) and a
                sentence of synthetic speech (DIR/speech.wav);
-  6. generate  the talking-face video (launch.generate with --paste_back and
-               --save_intermediates: DIR/talking_face.mp4, DIR/talking_face_
+  6. generate  the talking-face video (as launch.generate with --paste_back
+               and --save_intermediates: DIR/talking_face.mp4, DIR/talking_face_
                intermediates.mp4), a contact sheet of its frames
                (DIR/contact_sheet.png) and the video's mouth metrics
                (DIR/talking_metrics.json, printed): the inner-lip aperture
@@ -201,13 +201,13 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
   from data_pipelines import build
   from hcmtfg import batch_generate
+  from hcmtfg import evaluation_report
   from hcmtfg import face as face_lib
   from hcmtfg import mouth_metrics
   from hcmtfg import summaries
   from hcmtfg import training
   from hcmtfg import video as video_lib
   from launch import demo_media
-  from launch import evaluate
   # pylint: enable=g-import-not-at-top
   summaries.quiet_library_logs()
   # A re-run, or a later launch.generate / launch.serve, loads what this run
@@ -250,9 +250,11 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
       with open(metrics_md, encoding="utf-8") as f:
         print(f.read())
     else:
-      evaluate.run(workdirs["atnet"], workdirs["vgnet"], eval_dir,
-                   dataset="synthetic_talking_faces", data_dir=data_dir,
-                   config=mode["data_config"], split="test")
+      evaluation_report.run(workdirs["atnet"], workdirs["vgnet"], eval_dir,
+                            load_builder=build.load_builder,
+                            dataset="synthetic_talking_faces",
+                            data_dir=data_dir, config=mode["data_config"],
+                            split="test")
       stamp(out, "evaluate", key)
 
   photo = os.path.join(out, "photo.png")
