@@ -200,14 +200,15 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   start = time.monotonic()
   # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
   from data_pipelines import build
+  from data_pipelines.synthetic import sentence
   from hcmtfg import batch_generate
+  from hcmtfg import demo_media
   from hcmtfg import evaluation_report
   from hcmtfg import face as face_lib
   from hcmtfg import mouth_metrics
   from hcmtfg import summaries
   from hcmtfg import training
   from hcmtfg import video as video_lib
-  from launch import demo_media
   # pylint: enable=g-import-not-at-top
   summaries.quiet_library_logs()
   # A re-run, or a later launch.generate / launch.serve, loads what this run
@@ -263,9 +264,10 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
     if not os.path.exists(photo):
       demo_media.write_photo(photo)
     if not os.path.exists(speech):
-      demo_media.write_wav(speech, demo_media.sentence_speech(mode["words"]))
+      demo_media.write_wav(speech, sentence.sentence_speech(mode["words"]),
+                           sentence.SAMPLE_RATE)
     say(f"photo {photo}; speech {speech}: "
-        f"\"{demo_media.sentence_text(mode['words'])}\"")
+        f"\"{sentence.sentence_text(mode['words'])}\"")
 
   video = os.path.join(out, "talking_face.mp4")
   side = batch_generate.intermediates_path(video)
