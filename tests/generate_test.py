@@ -1,5 +1,6 @@
 """Tests of the generation path (hcmtfg.generate, streaming, compose, checkpoint_io)
-and its command line (launch/generate.py), with tiny random networks.
+and batch generation (hcmtfg.batch_generate, which launch.generate runs), with
+tiny random networks.
 
 The networks are tiny (32x32 frames) and their weights random, drawn at a scale
 that keeps activations alive (the release's N(0, 0.02) init makes every frame
