@@ -1,4 +1,4 @@
-"""Videos from photos and speech, one or a batch, as `launch.generate` makes them.
+"""Talking-face videos from photo + speech: one, or a batch from a pairs CSV.
 
 `run(Options(...))` generates one video (image, audio, output) or every row of
 a pairs CSV (`read_pairs`: image,audio,output per line, paths relative to the
@@ -36,6 +36,7 @@ from hcmtfg import faults
 from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import paths
+from hcmtfg import pipeline
 from hcmtfg import video as video_lib
 from hcmtfg.errors import InputError
 
@@ -200,12 +201,13 @@ def run(options: Options) -> int:
     else:
       jobs = [Job(options.image, options.audio, options.output)]
     templates = shape_model = None
-    pca = options.pca
     if options.release_basics_dir:
       templates = align.load_release_templates(options.release_basics_dir)
       shape_model = landmarks_lib.load_release_shape_model(
           options.release_basics_dir)
-    generator = _load(options, pca)
+    generator = pipeline.load_generator(pipeline.NetworkOptions(
+        options.atnet_workdir, options.vgnet_workdir, pca=options.pca,
+        release_basics_dir=options.release_basics_dir))
     analyzer = face.FaceAnalyzer()
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
@@ -247,16 +249,3 @@ def run(options: Options) -> int:
           file=sys.stderr)
   logging.info("%s", compile_cache.STATS.summary())
   return 1 if failures else 0
-
-
-def _load(options: Options, pca: str | None) -> generate.Generator:
-  if pca is None and options.release_basics_dir:
-    try:
-      return generate.load_generator_networks(options.atnet_workdir,
-                                              options.vgnet_workdir)
-    except InputError as e:
-      if "no landmark PCA" not in e.problem:
-        raise
-      pca = options.release_basics_dir
-  return generate.load_generator_networks(options.atnet_workdir,
-                                          options.vgnet_workdir, pca_path=pca)

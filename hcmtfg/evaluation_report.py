@@ -18,8 +18,6 @@ import math
 import os
 from typing import Any, Callable
 
-import numpy as np
-
 from hcmtfg import atomic
 from hcmtfg import evaluation
 from hcmtfg import generate
@@ -92,30 +90,6 @@ def format_table(results: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def _json_safe(x):
-  if isinstance(x, dict):
-    return {k: _json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_json_safe(v) for v in x]
-  if isinstance(x, (float, np.floating)):
-    return float(x) if math.isfinite(x) else None
-  if isinstance(x, np.integer):
-    return int(x)
-  return x
-
-
-def _write_text(path: str, text: str) -> None:
-  fd, tmp = atomic.temp_beside(path)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def write_results(output_dir: str | os.PathLike, results: dict[str, Any]
                   ) -> tuple[str, str]:
   """Writes metrics.json (non-finite values as null) and metrics.md atomically;
@@ -123,9 +97,8 @@ def write_results(output_dir: str | os.PathLike, results: dict[str, Any]
   output_dir = os.fspath(output_dir)
   json_path = os.path.join(output_dir, "metrics.json")
   md_path = os.path.join(output_dir, "metrics.md")
-  _write_text(json_path, json.dumps(_json_safe(results), indent=1,
-                                    allow_nan=False) + "\n")
-  _write_text(md_path, format_table(results))
+  atomic.write_json(json_path, results)
+  atomic.write_text(md_path, format_table(results))
   return json_path, md_path
 
 

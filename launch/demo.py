@@ -41,6 +41,7 @@ from typing import Any, Iterator
 from absl import app
 from absl import flags
 
+from hcmtfg import atomic
 from hcmtfg import compile_cache
 from hcmtfg import paths
 
@@ -153,20 +154,7 @@ def is_stamped(out: str, name: str, key: dict[str, Any], *outputs: str) -> bool:
 
 
 def stamp(out: str, name: str, key: dict[str, Any]) -> None:
-  path = _stamp_path(out, name)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(key, f)
-  os.replace(path + ".tmp", path)
-
-
-def write_json(path: str, value: Any) -> None:
-  """Writes `value` as JSON (NaN as null) under a temporary name, renamed."""
-  clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-           for k, v in value.items()}
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(clean, f, indent=1)
-  os.replace(path + ".tmp", path)
+  atomic.write_json(_stamp_path(out, name), key)
 
 
 def video_talking_metrics(workdirs: dict[str, str], photo: str, speech: str,
@@ -291,7 +279,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
           video_lib.read_video(video, with_audio=False).frames,
           face_lib.load_image(photo), sheet)
       talking = video_talking_metrics(workdirs, photo, speech, video)
-      write_json(talking_json, talking)
+      atomic.write_json(talking_json, talking)  # NaN as null
       stamp(out, "generate", key)
     say("the video's mouth:\n" + mouth_metrics.format_talking_metrics(
         {k: math.nan if v is None else v for k, v in talking.items()}))

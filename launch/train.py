@@ -6,7 +6,8 @@ r"""Trains AT-net or VG-net (the stage is chosen by the config).
 
 Running the same command again resumes from the newest checkpoint in the
 workdir (a corrupt newest checkpoint is reported and the previous one used). A
-second trainer on the same workdir is refused while the first one lives. The workdir receives checkpoints/, tensorboard/ (view with
+second trainer on the same workdir is refused while the first one lives. The
+workdir receives checkpoints/, tensorboard/ (view with
 `tensorboard --logdir=WORKDIR`), config.json and landmark_pca.npz. Config
 variants and their commands are in the docstrings of configs/atnet.py and
 configs/vgnet.py. The config file, the workdir and the config's data paths
