@@ -1,9 +1,9 @@
 r"""Release-checkpoint round trip: the most complete pipeline of the foundation.
 
-  python -m launch.release_roundtrip --output_dir=demo_output/release_roundtrip
+  python -m benchmarks.release_roundtrip --output_dir=demo_output/release_roundtrip
 
 1. builds the release's three PyTorch networks (our declaration in
-   tests/release_torch.py) with random weights and saves their state_dicts the
+   benchmarks/release_torch.py) with random weights and saves their state_dicts the
    way the release did (`nn.DataParallel`, keys prefixed with 'module.');
 2. converts them with `python -m launch.convert_checkpoint` (Orbax checkpoints);
 3. restores the converted checkpoints, runs AT-net on MFCC windows of a speech
@@ -85,7 +85,7 @@ def _timed(fn, *args, repeats: int = 3):
 def main(argv):
   del argv
   import torch  # pylint: disable=g-import-not-at-top
-  from tests import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(_SEED.value)
   torch.set_num_threads(max(1, len(jax.devices("cpu"))))

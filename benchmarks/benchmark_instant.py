@@ -1,6 +1,6 @@
 r"""How instant generation is: cold and warm CLI runs, the server, streaming.
 
-  python -m launch.benchmark_instant [--networks=synthetic|full|tiny]
+  python -m benchmarks.benchmark_instant [--networks=synthetic|full|tiny]
       [--atnet_workdir=DIR --vgnet_workdir=DIR] [--image=PHOTO] [--audio=SPEECH]
       [--requests=3] [--output=FILE.json]
 
