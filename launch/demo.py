@@ -199,7 +199,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
   from data_pipelines import build
   from hcmtfg import compile_cache
-  from hcmtfg import face as face_lib
+  from hcmtfg import image_io
   from hcmtfg import mouth_metrics
   from hcmtfg import summaries
   from hcmtfg import training
@@ -284,7 +284,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
       demo_media.contact_sheet(
           video_lib.read_video(side, with_audio=False).frames,
           video_lib.read_video(video, with_audio=False).frames,
-          face_lib.load_image(photo), sheet)
+          image_io.load_image(photo), sheet)
       talking = video_talking_metrics(workdirs, photo, speech, video)
       write_json(talking_json, talking)
       stamp(out, "generate", key)

@@ -475,7 +475,8 @@ def test_single_inputs_that_work(nets, media, tmp_path, caplog):
     _check_video(output, media[key], (32, 32))
   # Two faces: the larger one is used and the choice is logged.
   from hcmtfg import face  # pylint: disable=g-import-not-at-top
-  big = face.load_image(media["about"])
+  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
+  big = image_io.load_image(media["about"])
   small = np.zeros_like(big)
   small[64:192, 64:192] = big[::2, ::2]
   two_faces = np.concatenate([small, big], axis=1)
