@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hcmtfg import audio
+from hcmtfg import checkpoint_io
 from hcmtfg import convert_torch
 from hcmtfg import models
 from hcmtfg import paths
@@ -125,7 +126,7 @@ def main(argv):
                   "discriminator": convert_torch.convert_discriminator}
     for name, module in modules.items():
       state = convert_torch.load_state_dict(release_dir / _RELEASE_NAMES[name])
-      convert_torch.save_converted(converted, name,
+      checkpoint_io.save_converted(converted, name,
                                    converters[name](state, module=module),
                                    module.to_config())
   else:
@@ -141,7 +142,7 @@ def main(argv):
 
   restored = {}
   for name in _RELEASE_NAMES:
-    variables, config = convert_torch.load_converted(converted, name)
+    variables, config = checkpoint_io.load_converted(converted, name)
     restored[name] = (variables, config)
   nets = models.build_models({k: c for k, (_, c) in restored.items()})
   variables = {k: v for k, (v, _) in restored.items()}

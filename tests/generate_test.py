@@ -96,9 +96,9 @@ def nets(tmp_path_factory, shared_data):
   write_training_workdir(root / "vgnet", "vgnet", vg_vars,
                          {"seed": 0, "model": {"generator": VGNET,
                                                "discriminator": {}}})
-  convert_torch.save_converted(root / "converted", "atnet", at_vars,
+  checkpoint_io.save_converted(root / "converted", "atnet", at_vars,
                                atnet.to_config())
-  convert_torch.save_converted(root / "converted", "vgnet", vg_vars,
+  checkpoint_io.save_converted(root / "converted", "vgnet", vg_vars,
                                vgnet.to_config())
   return {"root": root, "atnet": atnet, "vgnet": vgnet, "at_vars": at_vars,
           "vg_vars": vg_vars, "pca": pca}
