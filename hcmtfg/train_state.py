@@ -29,6 +29,7 @@ import optax
 
 from hcmtfg import checkpointing
 from hcmtfg import faults
+from hcmtfg import preemption as preemption_lib
 from hcmtfg import sharding
 
 PyTree = Any
@@ -287,7 +288,7 @@ def run_train_loop(
     log_every: int = 100,
     eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
     eval_every: int = 0, write_metrics: MetricsSink | None = None,
-    preemption: checkpointing.PreemptionHandler | None = None) -> TrainState:
+    preemption: preemption_lib.PreemptionHandler | None = None) -> TrainState:
   """Runs train steps until `num_steps`, checkpointing along the way.
 
   Step n+1 is dispatched before step n's metrics are fetched, so the host never
@@ -413,7 +414,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
   if eval_batches is not None and eval_step_fn is not None:
     eval_fn = lambda s: evaluate(eval_step_fn, s, eval_batches(), mesh)
   try:
-    with checkpointing.PreemptionHandler() as preemption:
+    with preemption_lib.PreemptionHandler() as preemption:
       state = run_train_loop(
           state=state, train_step_fn=train_step_fn, train_iter=train_iter,
           mesh=mesh, checkpointer=checkpointer,
