@@ -25,7 +25,6 @@ from hcmtfg import audio as audio_lib
 from hcmtfg import checkpoint_io
 from hcmtfg import checkpointing
 from hcmtfg import compose
-from hcmtfg import convert_torch
 from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import models

@@ -25,7 +25,6 @@ from configs import vgnet as vgnet_configs
 from data_pipelines import build
 from hcmtfg import checkpoint_io
 from hcmtfg import checkpointing
-from hcmtfg import convert_torch
 from hcmtfg import learning_study
 from hcmtfg import models
 from hcmtfg import train_state as ts
