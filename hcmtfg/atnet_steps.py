@@ -1,4 +1,4 @@
-"""AT-net training: audio + example landmark → landmark PCA coefs (spec §2).
+"""AT-net training: audio + example landmark → landmark PCA coefs (MSE on them).
 
 Config fields read here (an `ml_collections.ConfigDict`):
   seed                  int, PRNG seed of the initial parameters and dropout.

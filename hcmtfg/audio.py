@@ -1,6 +1,6 @@
 """Speech loading and the release's audio features (MFCC and per-frame windows).
 
-The original ATVGnet turns speech into AT-net inputs like this (ATVGNET_SPEC §1):
+The original ATVGnet release turns speech into AT-net inputs like this:
 resample to 16 kHz mono, pad 1920 zero samples (0.12 s = 3 video frames = 12 MFCC
 rows) at both ends, compute 13 MFCCs every 10 ms with `python_speech_features`'
 defaults, and give AT-net, for each 25-fps video frame, the 28×12 block of MFCC rows

@@ -7,7 +7,7 @@
     result = generate.generate(generator, photo, speech)    # (T, S, S, 3) uint8
     generate.write_result("out.mp4", result.frames, speech)
 
-Pipeline (spec sections 1-3, 6): the photo is aligned to the release's 128x128
+Pipeline (the release demo's): the photo is aligned to the release's 128x128
 crop and its landmarks normalised exactly as the datasets normalise theirs
 (`clip_features.normalize_landmarks`, or the release's `normLmarks` when a
 release shape model is given); the speech gives one 28x12 MFCC window per 25-fps

@@ -4,7 +4,8 @@ Shapes: 68 dlib landmarks (x, y) per frame; a flattened landmark vector has 136 
 (x0, y0, x1, y1, ...). A Procrustes-normalised shape is centred, scaled and rotated
 onto a mean shape of unit Frobenius norm (coordinates roughly in [-0.2, 0.2]).
 
-PCA convention (spec section 1): coefficients are computed from the normalised
+PCA convention (the release's, whose LRW files `U_lrw1.npy` / `mean_lrw1.npy`
+`load_release_pca` reads): coefficients are computed from the normalised
 landmarks multiplied by `Pca.scale` (5 in the release):
   coef = (lmark136 * scale - mean) @ components
   lmark136 = (coef @ components.T + mean) / scale

@@ -1,4 +1,4 @@
-"""Training losses of AT-net and VG-net (ATVGnet spec §2 and §5).
+"""Training losses of AT-net and VG-net, as the release trains them.
 
 All losses are scalar float32 means. Composite losses return dicts of named
 scalars (keys without a `train/` prefix; the trainers add prefixes).

@@ -53,6 +53,7 @@ from hcmtfg import input_pipeline
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import locking
 from hcmtfg import paths
+from hcmtfg import preemption as preemption_lib
 from hcmtfg import sharding
 from hcmtfg import summaries
 from hcmtfg import train_state as ts
@@ -137,7 +138,7 @@ def run_train_loop(
     log_every: int = 100,
     eval_fn: Callable[[ts.TrainState], dict[str, float]] | None = None,
     eval_every: int = 0, write_metrics: MetricsSink | None = None,
-    preemption: checkpointing.PreemptionHandler | None = None
+    preemption: preemption_lib.PreemptionHandler | None = None
 ) -> ts.TrainState:
   """Runs train steps until `num_steps`, checkpointing along the way.
 
@@ -420,7 +421,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str,
           **args)
 
       # Loop.
-      with checkpointing.PreemptionHandler() as preemption:
+      with preemption_lib.PreemptionHandler() as preemption:
         return run_train_loop(
             state=state, train_step_fn=steps.jit_train_step(config, mesh),
             train_iter=train_iter, mesh=mesh, checkpointer=checkpointer,

@@ -1,4 +1,4 @@
-"""VG-net GAN training: landmarks + example image → video (spec §5).
+"""VG-net GAN training: landmarks + example image → video (the release's recipe).
 
 One train step does what the release does per iteration:
   1. generator forward #1 (train mode) → fake frames, held fixed (stop-grad);
@@ -412,7 +412,7 @@ def eval_step(state: ts.TrainState, batch: Batch,
   """Eval-mode generation quality on one batch, for tracking progress.
 
   Metrics on RGB frames mapped to [0, 1] (quick trackers, not the release's
-  benchmark protocol of spec §7): 'eval/l1' (on [-1, 1]),
+  evaluation conventions of `hcmtfg.metrics`): 'eval/l1' (on [-1, 1]),
   'eval/psnr', 'eval/ssim', and the same for the baseline that copies the
   example image into every frame ('eval/baseline_*').
   """

@@ -192,7 +192,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   from hcmtfg import batch_generate
   from hcmtfg import demo_media
   from hcmtfg import evaluation_report
-  from hcmtfg import face as face_lib
+  from hcmtfg import image_io
   from hcmtfg import mouth_metrics
   from hcmtfg import summaries
   from hcmtfg import training
@@ -277,7 +277,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
       demo_media.contact_sheet(
           video_lib.read_video(side, with_audio=False).frames,
           video_lib.read_video(video, with_audio=False).frames,
-          face_lib.load_image(photo), sheet)
+          image_io.load_image(photo), sheet)
       talking = video_talking_metrics(workdirs, photo, speech, video)
       atomic.write_json(talking_json, talking)  # NaN as null
       stamp(out, "generate", key)

@@ -27,7 +27,6 @@ from hcmtfg import batch_generate as cli
 from hcmtfg import checkpoint_io
 from hcmtfg import checkpointing
 from hcmtfg import compose
-from hcmtfg import convert_torch
 from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import models
@@ -97,9 +96,9 @@ def nets(tmp_path_factory, shared_data):
   write_training_workdir(root / "vgnet", "vgnet", vg_vars,
                          {"seed": 0, "model": {"generator": VGNET,
                                                "discriminator": {}}})
-  convert_torch.save_converted(root / "converted", "atnet", at_vars,
+  checkpoint_io.save_converted(root / "converted", "atnet", at_vars,
                                atnet.to_config())
-  convert_torch.save_converted(root / "converted", "vgnet", vg_vars,
+  checkpoint_io.save_converted(root / "converted", "vgnet", vg_vars,
                                vgnet.to_config())
   return {"root": root, "atnet": atnet, "vgnet": vgnet, "at_vars": at_vars,
           "vg_vars": vg_vars, "pca": pca}
@@ -476,7 +475,8 @@ def test_single_inputs_that_work(nets, media, tmp_path, caplog):
     _check_video(output, media[key], (32, 32))
   # Two faces: the larger one is used and the choice is logged.
   from hcmtfg import face  # pylint: disable=g-import-not-at-top
-  big = face.load_image(media["about"])
+  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
+  big = image_io.load_image(media["about"])
   small = np.zeros_like(big)
   small[64:192, 64:192] = big[::2, ::2]
   two_faces = np.concatenate([small, big], axis=1)

@@ -6,6 +6,10 @@ the top of the file or inside a function (lazy imports count, and so do
 relative imports and `importlib.import_module('...')` with a literal name).
 The sources are parsed with `ast`, never imported. A new top-level folder gets
 a row of its own.
+
+benchmarks/ (speed benchmarks, the release's PyTorch declaration, the round
+trip) builds on the library and runs the launch/ commands as subprocesses, as a
+user would; nothing that ships to users imports it. tests/ may import anything.
 """
 
 import ast
@@ -17,18 +21,20 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 RULES = (
-    # The library: datasets, entry points and tests build on it, not it on them.
-    ('hcmtfg', ('data_pipelines', 'launch', 'tests')),
+    # The library: datasets, entry points, benchmarks and tests build on it,
+    # not it on them.
+    ('hcmtfg', ('data_pipelines', 'launch', 'tests', 'benchmarks')),
     # The dataset builders use the library, never the entry points or tests.
-    ('data_pipelines', ('launch', 'tests')),
+    ('data_pipelines', ('launch', 'tests', 'benchmarks')),
     # Entry points share code through the library, never through each other.
-    ('launch', ('launch', 'tests')),
+    ('launch', ('launch', 'tests', 'benchmarks')),
+    # Benchmarks and release tooling: the library, the configs, the dataset
+    # builders and each other.
+    ('benchmarks', ('launch', 'tests')),
+    # Experiment configs are plain data.
+    ('configs', ('launch', 'tests', 'benchmarks')),
 )
-
-# Benchmark and release tooling that the other part of issue 16 moves out of
-# launch/ into benchmarks/ (it imports launch/ and tests/ modules until then).
-# Remove this once that move is merged.
-PENDING_MOVE = ('launch/benchmark', 'launch/release_')
+FOLDERS = [folder for folder, _ in RULES]
 
 
 def _literal_import(node: ast.Call) -> str | None:
@@ -79,8 +85,6 @@ def violations(folder: str, forbidden: tuple[str, ...],
   found = []
   for path in sorted((root / folder).rglob('*.py')):
     relative = path.relative_to(root).as_posix()
-    if relative.startswith(PENDING_MOVE):
-      continue
     module = relative[:-len('.py')].replace('/', '.')
     found += [f'{relative}:{line} imports {name}' for line, name in
               forbidden_imports(path.read_text(encoding='utf-8'), module,
@@ -88,10 +92,34 @@ def violations(folder: str, forbidden: tuple[str, ...],
   return found
 
 
-@pytest.mark.parametrize('folder, forbidden', RULES)
+@pytest.mark.parametrize('folder, forbidden', RULES, ids=FOLDERS)
 def test_imports_point_one_way(folder, forbidden):
   assert len(list((REPO / folder).rglob('*.py'))) > 3, folder  # not vacuous
   assert violations(folder, forbidden) == []
+
+
+def test_every_top_level_package_has_a_rule():
+  packages = {p.parent.name for p in REPO.glob('*/__init__.py')}
+  assert packages == set(FOLDERS)
+
+
+@pytest.mark.parametrize('folder, forbidden', RULES, ids=FOLDERS)
+def test_each_rule_catches_a_violation(tmp_path, folder, forbidden):
+  """A module under `folder` importing each forbidden name, at the top and
+  lazily, is reported, and the folder's allowed imports are not."""
+  lines = ['import hcmtfg.paths', 'from configs import common']
+  for name in forbidden:
+    lines += [f'import {name}.x', '', 'def f():',
+              f'  from {name} import y', '  return y']
+  (tmp_path / folder / 'sub').mkdir(parents=True)
+  (tmp_path / folder / 'sub' / 'bad.py').write_text('\n'.join(lines) + '\n')
+  found = violations(folder, forbidden, root=tmp_path)
+  want = []
+  for i, name in enumerate(forbidden):
+    first = 3 + 5 * i
+    want += [f'{folder}/sub/bad.py:{first} imports {name}.x',
+             f'{folder}/sub/bad.py:{first + 3} imports {name}.y']
+  assert sorted(found) == sorted(want)
 
 
 def test_the_check_finds_lazy_relative_and_dynamic_imports(tmp_path):
@@ -119,6 +147,11 @@ def test_the_check_finds_lazy_relative_and_dynamic_imports(tmp_path):
                            entry_points) == [(1, 'launch.evaluate')]
   assert forbidden_imports('from .models import at_net\n', 'hcmtfg.generate',
                            library) == []
+  # benchmarks/ may import itself, relatively or not.
+  benchmarks = dict(RULES)['benchmarks']
+  assert forbidden_imports(
+      'from . import benchmark_setup\nfrom benchmarks import release_torch\n',
+      'benchmarks.benchmark', benchmarks) == []
   # The same through the file walk: a library module with a lazy import.
   (tmp_path / 'hcmtfg' / 'models').mkdir(parents=True)
   (tmp_path / 'hcmtfg' / 'models' / 'bad.py').write_text(source)

@@ -1,7 +1,7 @@
 """Tests of hcmtfg.init_from: fresh runs start from converted weights.
 
 Tiny networks (the configs' `tiny` variants) with random, perturbed variables
-are saved with `convert_torch.save_converted`, exactly as
+are saved with `checkpoint_io.save_converted`, exactly as
 `launch.convert_checkpoint` writes release weights.
 """
 
@@ -12,7 +12,7 @@ import pytest
 from configs import atnet
 from configs import vgnet
 from hcmtfg import atnet_steps
-from hcmtfg import convert_torch
+from hcmtfg import checkpoint_io
 from hcmtfg import init_from
 from hcmtfg import sharding
 from hcmtfg import vgnet_steps
@@ -58,7 +58,7 @@ def test_atnet_starts_from_converted_weights(tmp_path):
   assert isinstance(wrapped, init_from.InitFrom)
   fresh = base()
   variables = perturbed(fresh.g, seed=7)
-  convert_torch.save_converted(tmp_path, 'atnet', variables,
+  checkpoint_io.save_converted(tmp_path, 'atnet', variables,
                                atnet_steps.build_model(config).to_config())
 
   state = wrapped()
@@ -79,7 +79,7 @@ def test_atnet_starts_from_converted_weights(tmp_path):
   first = sorted(bad['params'])[0]
   del bad['params'][first]
   bad['params']['extra_layer'] = {'kernel': np.zeros((2, 2), np.float32)}
-  convert_torch.save_converted(tmp_path / 'bad', 'atnet', bad, {})
+  checkpoint_io.save_converted(tmp_path / 'bad', 'atnet', bad, {})
   config.init_from = str(tmp_path / 'bad')
   with pytest.raises(InputError, match='does not fit') as info:
     init_from.maybe_wrap(base, config, mesh)()
@@ -95,7 +95,7 @@ def test_vgnet_takes_generator_and_optional_discriminator(tmp_path):
   base, wrapped, _ = initialisers(vgnet_steps, config)
   fresh = base()
   g_vars = perturbed(fresh.g, seed=3)
-  convert_torch.save_converted(
+  checkpoint_io.save_converted(
       tmp_path, 'vgnet', g_vars,
       vgnet_steps.build_generator(config).to_config())
   state = wrapped()
@@ -105,7 +105,7 @@ def test_vgnet_takes_generator_and_optional_discriminator(tmp_path):
   assert_trees_equal(state.d.params, jax.device_get(fresh.d.params))
 
   d_vars = perturbed(fresh.d, seed=4)
-  convert_torch.save_converted(
+  checkpoint_io.save_converted(
       tmp_path, 'discriminator', d_vars,
       vgnet_steps.build_discriminator(config).to_config())
   state = wrapped()

@@ -8,6 +8,7 @@ from scipy.spatial import procrustes as scipy_procrustes
 
 from hcmtfg import align
 from hcmtfg import face
+from hcmtfg import image_io
 from hcmtfg import landmarks
 from hcmtfg.errors import InputError
 
@@ -80,11 +81,11 @@ def crop_landmarks(shared_data, basics):
   templates = align.load_release_templates(basics)
   ours, golden = [], []
   for name in GOLDEN_FACES:
-    image = face.load_image(shared_data / "faces" / f"{name}.jpg")
+    image = image_io.load_image(shared_data / "faces" / f"{name}.jpg")
     found = analyzer.detect_landmarks(image)
     crop = align.align_face(image, found.landmarks, found.box, templates).crop
     ours.append(analyzer.detect_landmarks(crop).landmarks)
-    region = face.load_image(shared_data / "atvgnet_golden" /
+    region = image_io.load_image(shared_data / "atvgnet_golden" /
                              f"{name}_region.jpg")
     golden.append(analyzer.detect_landmarks(region).landmarks)
   return np.stack(ours), np.stack(golden)

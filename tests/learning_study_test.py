@@ -25,7 +25,6 @@ from configs import vgnet as vgnet_configs
 from data_pipelines import build
 from hcmtfg import checkpoint_io
 from hcmtfg import checkpointing
-from hcmtfg import convert_torch
 from hcmtfg import learning_study
 from hcmtfg import models
 from hcmtfg import train_state as ts
@@ -119,7 +118,7 @@ def test_checkpoint_io_reads_a_given_step(tmp_path):
         kernel, saved[step or 4]["params"]["generator_color"]["kernel"])
   with pytest.raises(InputError, match=r"no checkpoint of step 3 \(saved: 2, 4\)"):
     checkpoint_io.load_network(tmp_path, "vgnet", step=3)
-  convert_torch.save_converted(tmp_path / "converted", "vgnet", saved[2],
+  checkpoint_io.save_converted(tmp_path / "converted", "vgnet", saved[2],
                                module.to_config())
   assert checkpoint_io.load_network(tmp_path / "converted", "vgnet").step is None
   with pytest.raises(InputError, match="converted checkpoint: it has no "

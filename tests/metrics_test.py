@@ -174,7 +174,8 @@ def test_cpbd_real_face_decreases_with_blur(shared_data):
 
 def test_mouth_landmarks_and_lmd_on_a_real_face(shared_data):
   from hcmtfg import face  # pylint: disable=g-import-not-at-top
-  image = face.load_image(shared_data / "faces" / "obama.jpg")
+  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
+  image = image_io.load_image(shared_data / "faces" / "obama.jpg")
   frames = np.stack([image, image[:, ::-1], np.zeros_like(image)])
   points, found = metrics.mouth_landmarks(frames, face.FaceAnalyzer())
   assert found.tolist() == [True, True, False]

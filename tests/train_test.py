@@ -21,6 +21,7 @@ from data_pipelines import build
 from hcmtfg import atnet_steps
 from hcmtfg import checkpointing
 from hcmtfg import paths
+from hcmtfg import preemption as preemption_lib
 from hcmtfg import sharding
 from hcmtfg import summaries
 from hcmtfg import train_state as ts
@@ -458,7 +459,7 @@ def test_sigterm_saves_at_step_boundary_then_resumes_exactly(
       os.kill(os.getpid(), signal.SIGTERM)
 
   previous_handler = signal.getsignal(signal.SIGTERM)
-  with checkpointing.PreemptionHandler() as preemption:
+  with preemption_lib.PreemptionHandler() as preemption:
     with pytest.raises(SystemExit) as exit_info:
       run_loop(atnet_setup, mesh8, tmp_path, 4, on_next=send_sigterm,
                preemption=preemption)

@@ -127,18 +127,18 @@ def read_photo(path: str, label: str, limits: Limits) -> np.ndarray:
   """
   import cv2  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from hcmtfg import face  # pylint: disable=g-import-not-at-top
+  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:  # reads the header only
       width, height = image.size
-  except Exception:  # pylint: disable=broad-except  (face.load_image names it)
+  except Exception:  # pylint: disable=broad-except  (image_io.load_image names it)
     width = height = 0
   if width * height > limits.max_photo_pixels:
     raise UploadError(400, f"{label}: the image is {width}x{height} pixels; at "
                       f"most {limits.max_photo_pixels / 1e6:.0f} megapixels "
                       "are accepted")
   try:
-    image = face.load_image(path)
+    image = image_io.load_image(path)
   except InputError as e:
     raise UploadError(400, f"{label}: {e.problem}") from e
   side = max(image.shape[:2])
