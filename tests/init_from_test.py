@@ -15,10 +15,9 @@ from hcmtfg import atnet_steps
 from hcmtfg import checkpoint_io
 from hcmtfg import init_from
 from hcmtfg import sharding
+from hcmtfg import train_state as ts
 from hcmtfg import vgnet_steps
 from hcmtfg.errors import InputError
-
-FAST = {'xla_backend_optimization_level': 0}
 
 
 def perturbed(net, seed: int) -> dict:
@@ -47,7 +46,7 @@ def assert_trees_equal(actual, expected):
 def initialisers(trainer, config):
   mesh = sharding.make_mesh()
   base = trainer.make_init_fn(config, jax.random.PRNGKey(config.seed), mesh,
-                              compiler_options=FAST)
+                              compiler_options=ts.FAST_COMPILE_OPTIONS)
   return base, init_from.maybe_wrap(base, config, mesh), mesh
 
 
