@@ -82,6 +82,7 @@ from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import metrics as metrics_lib
 from hcmtfg import mouth_metrics
 from hcmtfg import streaming
+from hcmtfg.errors import InputError
 
 NETWORK_PATHS = ("cascade", "gt_landmarks")
 PATHS = NETWORK_PATHS + ("copy_example",)
@@ -100,12 +101,27 @@ class Clip:
   mfcc: np.ndarray
 
 
+def split_size(builder, split: str) -> int:
+  """How many clips the TFDS `split` holds (a slice such as 'test[:8]' too).
+
+  Raises:
+    InputError: the dataset has no such split.
+  """
+  known = builder.info.splits
+  if split.split("[")[0] not in known:
+    raise InputError(builder.data_dir, f"the dataset has no split {split!r} "
+                     f"(it has: {', '.join(known)})")
+  return known[split].num_examples
+
+
 def read_clips(builder, split: str, max_clips: int | None = None
                ) -> Iterator[Clip]:
-  """The clips of a TFDS split (the first `max_clips`), in file order."""
+  """The clips of a TFDS split (the first `max_clips`, or all of them when the
+  split has fewer), in file order."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  available = split_size(builder, split)
   if max_clips:
-    split = f"{split}[:{int(max_clips)}]"
+    split = f"{split}[:{min(int(max_clips), available)}]"
   ds = builder.as_dataset(split=split, shuffle_files=False)
   for ex in tfds.as_numpy(ds):
     clip_id = ex["clip_id"]

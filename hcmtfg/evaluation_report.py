@@ -160,7 +160,7 @@ def run(atnet_workdir: str, vgnet_workdir: str, output_dir: str, *,
   generator = generate.load_generator_networks(atnet_workdir, vgnet_workdir,
                                                pca_path=pca)
   threads = threads or min(2, os.cpu_count() or 1)
-  total = builder.info.splits[split].num_examples
+  total = evaluation.split_size(builder, split)
   total = min(total, max_clips) if max_clips else total
   with tqdm(total=total, unit="clip", desc=f"evaluate {split}",
             disable=not progress) as bar:

@@ -8,15 +8,29 @@ fail in CI, where both must be present. CI is any true value of the CI variable
 
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Entry points run by tests don't write into the user's compilation cache
-# (tests of the cache give their own folder).
-os.environ.setdefault("HCMTFG_COMPILE_CACHE", "off")
+# Entry points run by tests (train, generate, evaluate, demo, ... as
+# subprocesses) share one compilation cache for the run: a resumed or repeated
+# run loads what an earlier one compiled. It is a fresh folder made by the
+# first process of the run (pytest-xdist workers inherit its environment) and
+# removed at the end, never the user's cache; tests of the cache itself give
+# their own folders.
+_OWN_CACHE = None
+if "HCMTFG_COMPILE_CACHE" not in os.environ:
+  _OWN_CACHE = tempfile.mkdtemp(prefix="hcmtfg-test-compile-cache-")
+  os.environ["HCMTFG_COMPILE_CACHE"] = _OWN_CACHE
 
 import pytest  # noqa: E402
+
+
+def pytest_unconfigure(config):  # pylint: disable=unused-argument
+  if _OWN_CACHE is not None:
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"

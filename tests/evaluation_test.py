@@ -29,6 +29,7 @@ from hcmtfg import input_pipeline
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import models
 from hcmtfg import mouth_metrics
+from hcmtfg.errors import InputError
 from tests import generate_test
 
 NUM_CLIPS = 10  # as datasets_test.py / launch_train_test.py: one shared build
@@ -87,6 +88,18 @@ def analyzer():
 @pytest.fixture(scope="module")
 def clips(builder):
   return list(evaluation.read_clips(builder, "train", max_clips=3))
+
+
+def test_max_clips_past_the_split_reads_all_and_unknown_split_is_named(
+    builder):
+  total = evaluation.split_size(builder, "test")
+  assert total >= 1
+  ids = [c.clip_id for c in evaluation.read_clips(builder, "test",
+                                                  max_clips=total + 5)]
+  assert len(ids) == total and len(set(ids)) == total
+  assert evaluation.split_size(builder, "test[:1]") == 1
+  with pytest.raises(InputError, match=r"no split 'tset' \(it has: .*test"):
+    list(evaluation.read_clips(builder, "tset", max_clips=2))
 
 
 def test_perfect_generator_scores_ssim_one_lmd_zero(clips, analyzer):
