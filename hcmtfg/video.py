@@ -24,6 +24,7 @@ from typing import Iterable
 from absl import logging
 import numpy as np
 
+from hcmtfg import errors
 from hcmtfg.errors import InputError
 
 AUDIO_SAMPLE_RATE = 16000
@@ -71,17 +72,6 @@ def ffmpeg_exe() -> str:
   return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def _check_file(path: str) -> None:
-  if not os.path.exists(path):
-    raise InputError(path, "file not found")
-  if os.path.isdir(path):
-    raise InputError(path, "is a directory, not a media file")
-  if not os.access(path, os.R_OK):
-    raise InputError(path, "file is not readable (permission denied)")
-  if os.path.getsize(path) == 0:
-    raise InputError(path, "file is empty")
-
-
 def _last_error_line(stderr: str) -> str:
   lines = [l.strip() for l in stderr.strip().splitlines() if l.strip()]
   lines = [l for l in lines if "At least one output file" not in l]
@@ -117,7 +107,7 @@ def probe(path: str | os.PathLike) -> MediaInfo:
     InputError: missing, empty or not decodable by ffmpeg.
   """
   path = os.fspath(path)
-  _check_file(path)
+  errors.check_readable_file(path, "a media file")
   result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
                           capture_output=True, check=False)
   stderr = result.stderr.decode("utf-8", "replace")
