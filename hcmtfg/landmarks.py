@@ -121,13 +121,6 @@ def release_normalise(lmarks_Tx68x2: np.ndarray,
   return (params_TxK - open_mouth_params) @ basis + model.mean_shape_norm
 
 
-def mouth_weight_mask(weight: float = 100.0) -> np.ndarray:
-  """(136,) float32 loss weights: 1, and `weight` on the y of points 48..67."""
-  mask = np.ones(2 * NUM_POINTS, np.float32)
-  mask[2 * MOUTH_POINTS.start + 1::2] = weight
-  return mask
-
-
 @dataclasses.dataclass(frozen=True)
 class Pca:
   """A landmark PCA in the scaled space (see the module docstring).

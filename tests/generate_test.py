@@ -282,17 +282,20 @@ def test_cli_reports_a_mismatched_checkpoint(nets, media, tmp_path, capsys):
 # ----------------------------------------------------------------------------
 
 
-def test_chunked_generation_equals_one_pass(generator, analyzer, media):
+def test_chunked_generation_equals_one_pass(generator, analyzer, media,
+                                             max_chunk_traces):
   photo = generate.prepare_photo(media["obama"], analyzer, image_size=32)
   speech = audio_lib.load_audio(media["speech"])  # 1 s: 25 frames
-  before = dict(generate.TRACE_COUNTS)
-  chunked = generate.generate(generator, photo, speech, chunk_frames=7,
-                              intermediates=True)
-  assert chunked.frames.shape == (25, 32, 32, 3) and chunked.frames.dtype == np.uint8
-  # Another length, same chunk size: nothing is compiled again.
-  generate.generate(generator, photo, speech[:9000], chunk_frames=7)
-  for name in ("atnet", "vgnet"):
-    assert generate.TRACE_COUNTS[name] - before.get(name, 0) <= 1
+  with max_chunk_traces(1):  # each step compiled at most once for chunks of 7
+    chunked = generate.generate(generator, photo, speech, chunk_frames=7,
+                                intermediates=True)
+    assert chunked.frames.shape == (25, 32, 32, 3) and chunked.frames.dtype == np.uint8
+    # Another length, same chunk size: nothing is compiled again.
+    generate.generate(generator, photo, speech[:9000], chunk_frames=7)
+  # The check is live: a new chunk size has to compile, so it fails.
+  with pytest.raises(AssertionError, match="traced > 0 times"):
+    with max_chunk_traces(0):
+      generate.generate(generator, photo, speech[:9000], chunk_frames=5)
 
   # The modules' own forward over the whole sequence at once.
   _, windows = audio_lib.speech_features(speech)

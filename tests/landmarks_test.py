@@ -178,14 +178,6 @@ def test_release_normalise_on_a_clip(shape_model):
   assert np.abs(ours[0] - ours[-1]).max() > 1e-3
 
 
-def test_mouth_weight_mask():
-  mask = landmarks.mouth_weight_mask()
-  assert mask.shape == (136,)
-  heavy = np.flatnonzero(mask == 100.0)
-  np.testing.assert_array_equal(heavy, np.arange(97, 136, 2))
-  assert np.all(mask[np.setdiff1d(np.arange(136), heavy)] == 1.0)
-
-
 def test_pca_round_trip_and_save_load(tmp_path):
   rng = np.random.default_rng(1)
   mean = rng.normal(0, 0.1, 136)

@@ -15,7 +15,6 @@ import email.parser
 import email.policy
 import math
 import os
-import subprocess
 import unicodedata
 
 import numpy as np
@@ -167,17 +166,7 @@ def _header_duration(path: str) -> float | None:
 
 def _decode_capped(path: str, seconds: float) -> np.ndarray:
   """16 kHz mono float32 of the first `seconds` of any file ffmpeg reads."""
-  info = video_lib.probe(path)  # InputError: not media
-  if not info.has_audio:
-    raise InputError(path, "has no audio track")
-  cmd = [video_lib.ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel",
-         "error", "-i", path, "-map", "0:a:0", "-vn", "-t", f"{seconds:.3f}",
-         "-ac", "1", "-ar", str(audio_lib.SAMPLE_RATE), "-c:a", "pcm_f32le",
-         "-f", "f32le", "pipe:1"]
-  result = subprocess.run(cmd, capture_output=True, check=False)
-  if result.returncode != 0:
-    raise InputError(path, "cannot decode the audio")
-  return np.frombuffer(result.stdout, "<f4").astype(np.float32)
+  return video_lib.read_audio(path, audio_lib.SAMPLE_RATE, max_seconds=seconds)
 
 
 def read_speech(path: str, label: str, limits: Limits) -> np.ndarray:
