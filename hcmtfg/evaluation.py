@@ -102,13 +102,14 @@ class Clip:
 
 
 def split_size(builder, split: str) -> int:
-  """How many clips the TFDS `split` holds (a slice such as 'test[:8]' too).
+  """How many clips the TFDS `split` holds (also 'test[:8]', 'validation+test').
 
   Raises:
     InputError: the dataset has no such split.
   """
   known = builder.info.splits
-  if split.split("[")[0] not in known:
+  names = [part.split("[")[0].strip() for part in split.split("+")]
+  if not all(name in known for name in names):
     raise InputError(builder.data_dir, f"the dataset has no split {split!r} "
                      f"(it has: {', '.join(known)})")
   return known[split].num_examples
@@ -119,10 +120,10 @@ def read_clips(builder, split: str, max_clips: int | None = None
   """The clips of a TFDS split (the first `max_clips`, or all of them when the
   split has fewer), in file order."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  available = split_size(builder, split)
-  if max_clips:
-    split = f"{split}[:{min(int(max_clips), available)}]"
+  split_size(builder, split)  # a clear error for an unknown split
   ds = builder.as_dataset(split=split, shuffle_files=False)
+  if max_clips:
+    ds = ds.take(int(max_clips))
   for ex in tfds.as_numpy(ds):
     clip_id = ex["clip_id"]
     yield Clip(clip_id.decode() if isinstance(clip_id, bytes) else str(clip_id),

@@ -98,6 +98,14 @@ def test_max_clips_past_the_split_reads_all_and_unknown_split_is_named(
                                                   max_clips=total + 5)]
   assert len(ids) == total and len(set(ids)) == total
   assert evaluation.split_size(builder, "test[:1]") == 1
+  assert evaluation.split_size(builder, "validation+test") == total + (
+      evaluation.split_size(builder, "validation"))
+  both = [c.clip_id for c in evaluation.read_clips(
+      builder, "validation+test", max_clips=evaluation.split_size(
+          builder, "validation") + 1)]
+  assert both[-1] == ids[0]  # the first N clips of the union, in order
+  with pytest.raises(InputError, match="no split 'validation\\+tset'"):
+    evaluation.split_size(builder, "validation+tset")
   with pytest.raises(InputError, match=r"no split 'tset' \(it has: .*test"):
     list(evaluation.read_clips(builder, "tset", max_clips=2))
 
