@@ -45,6 +45,7 @@ from absl import flags
 from absl import logging
 
 from hcmtfg import align
+from hcmtfg import allocator
 from hcmtfg import audio as audio_lib
 from hcmtfg import compile_cache
 from hcmtfg import compose
@@ -325,6 +326,7 @@ def main(argv):
     raise app.UsageError("give --atnet_workdir and --vgnet_workdir")
   if _CHUNK_FRAMES.value < 1:
     raise app.UsageError("--chunk_frames must be >= 1")
+  allocator.keep_freed_memory()  # before the networks run: no page faults
   compile_cache.enable(_CACHE.value)
   return run(Options(
       atnet_workdir=_ATNET.value, vgnet_workdir=_VGNET.value, image=_IMAGE.value,
