@@ -54,6 +54,7 @@ from hcmtfg import faults
 from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import paths
+from hcmtfg import pipeline as pipeline_lib
 from hcmtfg import video as video_lib
 from hcmtfg.errors import InputError
 
@@ -335,6 +336,7 @@ def main(argv):
   if _CHUNK_FRAMES.value < 1:
     raise app.UsageError("--chunk_frames must be >= 1")
   allocator.keep_freed_memory()  # before the networks run: no page faults
+  pipeline_lib.split_cpu_device()  # AT-net beside VG-net
   compile_cache.enable(_CACHE.value)
   return run(Options(
       atnet_workdir=_ATNET.value, vgnet_workdir=_VGNET.value, image=_IMAGE.value,

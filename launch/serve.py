@@ -85,6 +85,7 @@ def main(argv):
     raise app.UsageError("the limits must be positive")
   start = time.perf_counter()
   allocator.keep_freed_memory()  # before the networks run: no page faults
+  pipeline_lib.split_cpu_device()  # AT-net beside VG-net
   compile_cache.enable(_CACHE.value)
   options = pipeline_lib.NetworkOptions(
       atnet_workdir=paths.user_path(_ATNET.value),

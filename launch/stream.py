@@ -86,6 +86,7 @@ def main(argv):
                          "must be positive")
   start = time.perf_counter()
   allocator.keep_freed_memory()  # before the networks run: no page faults
+  pipeline_lib.split_cpu_device()  # AT-net beside VG-net
   compile_cache.enable(_CACHE.value)
   image, audio, report_path = (paths.user_path(p) for p in (
       _IMAGE.value, _AUDIO.value, _REPORT.value))
