@@ -15,6 +15,9 @@ TFDS's own CLI drives the same builders, from the repository root (the `tfds`
 script does not put the current directory on the import path):
   PYTHONPATH=. tfds build synthetic_talking_faces --imports=data_pipelines \
       --config=tiny --data_dir=DIR [--beam_pipeline_options=...]
+
+The entry points get their datasets here too: `prepare_dataset` (a training
+config's, built on demand) and `load_builder` (an evaluation's, by name).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import tensorflow_datasets as tfds
 import data_pipelines  # registers the builders.
 from hcmtfg import locking
 from hcmtfg import paths
+from hcmtfg.errors import InputError
 
 DATASETS = ("synthetic_talking_faces", "lrw", "grid", "voxceleb2")
 
@@ -116,6 +120,94 @@ def _remove_unfinished(config_dir: str) -> None:
   for stale in glob.glob(os.path.join(glob.escape(config_dir), "incomplete.*")):
     logging.warning("removing %s, left by an interrupted build", stale)
     shutil.rmtree(stale, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------
+# The datasets the entry points read: a training config's (built on demand)
+# and an evaluation's (by name).
+# ----------------------------------------------------------------------------
+
+
+def _build_command(data, data_dir: str) -> str:
+  manual = f" --manual_dir={data.manual_dir or 'CORPUS_DIR'}"
+  return (f"python -m data_pipelines.build --dataset={data.name} "
+          f"--config={data.config} --data_dir={data_dir}"
+          + ("" if data.name == "synthetic_talking_faces" else manual))
+
+
+def prepare_dataset(data) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS builder of a training config's `config.data`.
+
+  A missing dataset is built first when `data.build_if_missing` allows it:
+  process 0 builds, the others wait and build only if they cannot see its
+  result (e.g. on a per-host disk). `launch.train`, the demo and the learning
+  study hand the result to the trainer (`hcmtfg.training.train`).
+
+  Args:
+    data: `config.data` of configs/atnet.py or configs/vgnet.py (name, config,
+      data_dir, build_if_missing, num_clips, manual_dir, download_dir).
+
+  Raises:
+    InputError: the dataset is missing and may not (or cannot) be built here;
+      the message gives the build command.
+  """
+  # pylint: disable=g-import-not-at-top  (the build CLI does not need JAX)
+  import jax
+  from jax.experimental import multihost_utils
+  import tensorflow as tf
+  # pylint: enable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")  # tf.data only; keep GPUs for JAX
+  data_dir = paths.user_path(data.data_dir)
+  make = lambda: tfds.builder(data.name, data_dir=data_dir, config=data.config)
+  builder = make()
+  if builder.is_prepared():
+    return builder
+  where = os.path.join(data_dir, data.name, data.config)
+  if not data.build_if_missing:
+    raise InputError(where, f"dataset not built; build it with: "
+                     f"{_build_command(data, data_dir)}")
+
+  def build_here():
+    logging.info("building dataset %s/%s in %s", data.name, data.config,
+                 data_dir)
+    try:
+      build_dataset(
+          data.name, data_dir, config=data.config, num_clips=data.num_clips,
+          manual_dir=paths.user_path(data.manual_dir),
+          download_dir=paths.user_path(data.download_dir))
+    except (FileNotFoundError, AssertionError) as e:
+      raise InputError(where, f"cannot build the dataset ({e}); build it "
+                       f"with: {_build_command(data, data_dir)}") from e
+
+  if jax.process_index() == 0:
+    build_here()
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("hcmtfg: dataset built")
+    if not make().is_prepared():  # process 0 built it on its own disk
+      build_here()
+  return make()
+
+
+def load_builder(name: str, data_dir: str, config: str | None
+                 ) -> tfds.core.DatasetBuilder:
+  """The prepared TFDS builder of dataset `name` (never builds it).
+
+  Raises:
+    InputError: an unknown dataset or config, or a dataset not built yet (the
+      message gives the build command).
+  """
+  data_dir = paths.user_path(data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, config=config)
+  except Exception as e:  # pylint: disable=broad-except  (unknown name/config)
+    raise InputError(data_dir, f"no dataset {name!r} (config {config!r}): {e}"
+                     ) from e
+  if not builder.is_prepared():
+    raise InputError(os.path.join(data_dir, name), "dataset not built; build it "
+                     f"with: python -m data_pipelines.build --dataset={name} "
+                     f"--data_dir={data_dir}"
+                     + (f" --config={config}" if config else ""))
+  return builder
 
 
 def _define_flags() -> dict[str, flags.FlagHolder]:

@@ -1,6 +1,6 @@
 """Crop and align a face to the 128x128 frame of the release demo.
 
-The release's recipe (spec section 6), step by step, for an (H, W, 3) uint8 image, its
+The release demo's recipe, step by step, for an (H, W, 3) uint8 image, its
 dlib box and (68, 2) landmarks:
   1. Square crop of side 2r, r = int(0.64 * box height), whose corner is
      (cx - r, cy - r) with cx = left + int(0.5 * width), cy = top + int(0.5 * height)

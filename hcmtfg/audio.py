@@ -1,6 +1,6 @@
 """Speech loading and the release's audio features (MFCC and per-frame windows).
 
-The original ATVGnet turns speech into AT-net inputs like this (ATVGNET_SPEC §1):
+The original ATVGnet release turns speech into AT-net inputs like this:
 resample to 16 kHz mono, pad 1920 zero samples (0.12 s = 3 video frames = 12 MFCC
 rows) at both ends, compute 13 MFCCs every 10 ms with `python_speech_features`'
 defaults, and give AT-net, for each 25-fps video frame, the 28×12 block of MFCC rows
@@ -36,6 +36,7 @@ from typing import Union
 import numpy as np
 import scipy.fft
 
+from hcmtfg import errors
 from hcmtfg.errors import InputError
 
 SAMPLE_RATE = 16000  # Hz; everything downstream assumes 16 kHz mono.
@@ -203,17 +204,6 @@ def mfcc_windows(mfcc_Mx13: np.ndarray, num_frames: int) -> np.ndarray:
   return ceps[rows_TxW]
 
 
-def _check_readable(path: str) -> None:
-  if not os.path.exists(path):
-    raise InputError(path, "file not found")
-  if os.path.isdir(path):
-    raise InputError(path, "is a directory, not an audio file")
-  if not os.access(path, os.R_OK):
-    raise InputError(path, "file is not readable (permission denied)")
-  if os.path.getsize(path) == 0:
-    raise InputError(path, "file is empty")
-
-
 def _read_with_soundfile(path: str) -> tuple[np.ndarray, int] | None:
   """(N, C) float32 samples and rate, or None when libsndfile can't parse it."""
   import soundfile  # pylint: disable=g-import-not-at-top
@@ -270,7 +260,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
       track; non-finite samples; zero samples; shorter than one video frame.
   """
   path = os.fspath(path)
-  _check_readable(path)
+  errors.check_readable_file(path, "an audio file")
   read = _read_with_soundfile(path)
   if read is not None:
     data_NxC, rate = read

@@ -1,8 +1,8 @@
-"""Reading trained or converted AT-net / VG-net weights for inference.
+"""AT-net / VG-net weights on disk: read for inference; converted ones written.
 
 Two directory layouts are accepted for each network, detected from the files:
 
-* a training workdir (`hcmtfg.train_atnet` / `train_vgnet`):
+* a training workdir (`hcmtfg.atnet_steps` / `vgnet_steps`):
     <workdir>/config.json            the experiment ConfigDict as JSON; AT-net's
                                      `model` holds ATNet attributes, VG-net's
                                      `model.generator` holds VGNet attributes
@@ -14,9 +14,10 @@ Two directory layouts are accepted for each network, detected from the files:
   optimiser structure, no device mesh).
   Training workdirs may be local or on GCS (gs://, via etils.epath). Local
   paths may be relative or start with `~` (`hcmtfg.paths.user_path`).
-* a converted release checkpoint (`launch.convert_checkpoint`,
-  `hcmtfg.convert_torch.save_converted`): `<dir>/atnet`, `<dir>/vgnet` (pass
-  `<dir>` or `<dir>/atnet` itself). A PCA may sit beside them as
+* a converted release checkpoint (`launch.convert_checkpoint`, which writes
+  it with `save_converted`): `<dir>/atnet`, `<dir>/vgnet` (pass `<dir>` or
+  `<dir>/atnet` itself), each one Orbax checkpoint with the items 'variables'
+  (the Flax variables) and 'model_config' (JSON: the module's attributes). A PCA may sit beside them as
   `<dir>/landmark_pca.npz`; otherwise it must be given (release files
   `U_lrw1.npy` + `mean_lrw1.npy`, or a `save_pca` file).
 
@@ -33,7 +34,7 @@ import json
 import os
 import pathlib
 import tempfile
-from typing import Any
+from typing import Any, Mapping
 
 from absl import logging
 from etils import epath
@@ -53,6 +54,7 @@ CHECKPOINTS_DIR = "checkpoints"
 STATE_ITEM = "state"
 PCA_FILE = "landmark_pca.npz"
 CONVERTED_VARIABLES = "variables"
+CONVERTED_CONFIG = "model_config"
 _NETWORKS = {"atnet": at_net.ATNet, "vgnet": vg_net.VGNet}
 _LABELS = {"atnet": "AT-net", "vgnet": "VG-net"}
 
@@ -165,22 +167,77 @@ def _build(name: str, config: Any, config_path: epath.Path):
                      f"config: {e}") from e
 
 
+def save_converted(output_dir: str | os.PathLike, name: str,
+                   variables: Mapping[str, Any],
+                   model_config: Mapping[str, Any]) -> pathlib.Path:
+  """Writes `<output_dir>/<name>/` with the variables and the model config.
+
+  One Orbax checkpoint (written to a temporary directory, then renamed) with
+  two items: 'variables' (the Flax variables, e.g. from
+  `hcmtfg.convert_torch.convert_vgnet`) and 'model_config' (JSON, the
+  attributes of the module that uses them, e.g. `VGNet().to_config()`).
+  An existing `<output_dir>/<name>` is replaced. `output_dir` may be relative
+  or start with `~`.
+
+  Returns:
+    The checkpoint directory.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  directory = pathlib.Path(paths.user_path(output_dir)) / name
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    checkpointer.save(
+        directory,
+        ocp.args.Composite(**{
+            CONVERTED_VARIABLES: ocp.args.StandardSave(
+                jax.tree.map(np.asarray, dict(variables))),
+            CONVERTED_CONFIG: ocp.args.JsonSave(dict(model_config)),
+        }),
+        force=True)
+  return directory
+
+
+def load_converted(output_dir: str | os.PathLike,
+                   name: str) -> tuple[dict, dict[str, Any]]:
+  """Reads what `save_converted` wrote: (variables as numpy arrays, config).
+
+  Unlike `load_network`, builds no module and checks no shapes.
+
+  Raises:
+    InputError: `<output_dir>/<name>` is not such a checkpoint.
+  """
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  directory = pathlib.Path(paths.user_path(output_dir)) / name
+  if not (directory / CONVERTED_VARIABLES).is_dir():
+    raise InputError(directory, "is not a converted checkpoint (no "
+                     f"'{CONVERTED_VARIABLES}' item)")
+  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+    restored = checkpointer.restore(
+        directory,
+        ocp.args.Composite(**{
+            CONVERTED_VARIABLES: ocp.args.StandardRestore(),
+            CONVERTED_CONFIG: ocp.args.JsonRestore(),
+        }))
+  variables = jax.tree.map(np.asarray, restored[CONVERTED_VARIABLES])
+  return variables, dict(restored[CONVERTED_CONFIG])
+
+
 def _load_converted(parent: epath.Path, item: str,
                     expected: str | None = None) -> LoadedNetwork:
-  from hcmtfg import convert_torch  # pylint: disable=g-import-not-at-top
   name = expected or item
   directory = parent / item
   try:
     with _quiet_orbax():
-      variables, config = convert_torch.load_converted(parent, item)
+      variables, config = load_converted(parent, item)
   except InputError:
     raise
   except Exception as e:  # pylint: disable=broad-except
     raise InputError(directory, f"cannot read the converted checkpoint: "
                      f"{type(e).__name__}: {e}") from e
-  module = _build(name, config, directory / "model_config")
+  module = _build(name, config, directory / CONVERTED_CONFIG)
   variables = _check_variables(module, variables, directory,
-                               directory / "model_config")
+                               directory / CONVERTED_CONFIG)
   pca = (_load_pca_file(parent / PCA_FILE)
          if name == "atnet" and (parent / PCA_FILE).is_file() else None)
   return LoadedNetwork(module, variables, "converted", os.fspath(directory), None,

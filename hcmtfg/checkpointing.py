@@ -1,4 +1,4 @@
-"""Checkpoints (Orbax), resuming, preemption and the non-finite-loss check.
+"""Checkpoints (Orbax), resuming, and the non-finite-loss check.
 
 A checkpoint at step n holds two items:
   'state': the whole train-state pytree (step, RNG key, parameters, BatchNorm
@@ -7,12 +7,10 @@ A checkpoint at step n holds two items:
            carries the target shardings;
   'input': a JSON dict, the input iterator's position (opaque to this module).
 
-Preemption: `PreemptionHandler` turns SIGTERM into a request; the training loop
-checks it at every step boundary, saves, waits for the write to finish and exits
-(`SystemExit`), as MaxText does. On multi-host jobs a signal reaches the hosts
-at different times, so there the loop asks JAX's preemption sync point
-(`Checkpointer.reached_preemption`) instead, and every host stops at the same
-step.
+Preemption: on a single host `hcmtfg.preemption.PreemptionHandler` turns
+SIGTERM into a save-and-exit request; on multi-host jobs the loop asks JAX's
+preemption sync point (`Checkpointer.reached_preemption`) instead, so that
+every host stops at the same step.
 
 Multi-host caveat: the 'input' JSON is written by the primary host only, so
 the iterator position must mean the same on every host (e.g. a global step or
@@ -33,9 +31,6 @@ restored, it raises `CheckpointError` rather than silently starting afresh.
 from __future__ import annotations
 
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -348,54 +343,3 @@ def restore_or_init(checkpointer: Checkpointer, init_fn: Callable[[], PyTree]
       f'no checkpoint in {checkpointer.directory} can be restored:\n{listing}\n'
       'Refusing to start from scratch over them; fix the config (if it no '
       'longer matches) or move the directory away to start afresh.')
-
-
-class PreemptionHandler:
-  """Turns SIGTERM into a save-and-exit request honoured at a step boundary.
-
-  Use as a context manager around the training loop; the previous handler is
-  restored on exit. Only the main thread can install signal handlers; elsewhere
-  the handler is inert (requests can still be made with `request()`).
-  """
-
-  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,),
-               exit_code: int = 0):
-    self._signals = signals
-    self._previous = {}
-    self._event = threading.Event()
-    self.exit_code = exit_code
-
-  def __enter__(self) -> PreemptionHandler:
-    if threading.current_thread() is threading.main_thread():
-      for sig in self._signals:
-        self._previous[sig] = signal.signal(sig, self._on_signal)
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous.clear()
-
-  def _on_signal(self, signum, unused_frame) -> None:
-    logging.warning('received signal %d: will save and exit at the next step',
-                    signum)
-    self._event.set()
-
-  def request(self) -> None:
-    """Asks for a save-and-exit at the next step boundary."""
-    self._event.set()
-
-  @property
-  def requested(self) -> bool:
-    """Whether a save-and-exit has been requested."""
-    return self._event.is_set()
-
-  def save_and_exit(self, checkpointer: Checkpointer, step: int, state: PyTree,
-                    input_state: Mapping[str, Any] | None = None):
-    """Saves `state` at `step`, waits for the write, and exits the process."""
-    checkpointer.save(step, state, input_state, force=True)
-    checkpointer.wait_until_finished()
-    logging.warning('preempted: saved step %d, exiting with code %d', step,
-                    self.exit_code)
-    sys.exit(self.exit_code)
-

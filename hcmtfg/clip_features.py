@@ -6,7 +6,7 @@
   -> FaceAnalyzer.track (68 dlib landmarks per frame, gaps interpolated)
   -> align_clip (one similarity transform for the clip, 128x128 RGB crops)
   -> crop-space landmarks (T, 68, 2) float32, (x, y) pixels of the crop
-  -> Procrustes-normalised landmarks (T, 136) float32 (spec section 1, before the x5)
+  -> Procrustes-normalised landmarks (T, 136) float32 (before the release's x5)
   -> MFCC (M, 13) float32 at 100 Hz of the 16 kHz audio padded by 0.12 s at both ends
      (`hcmtfg.audio`; the AT-net window of video frame t is mfcc[4t:4t+28, 1:]).
 

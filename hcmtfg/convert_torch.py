@@ -1,9 +1,9 @@
-"""Release PyTorch state_dicts -> Flax variables of `hcmtfg.models`, and storage.
+"""Release PyTorch state_dicts -> Flax variables of `hcmtfg.models`.
 
     sd = load_state_dict("atnet_lstm_18.pth")       # needs torch
     variables = convert_atnet(sd)                   # {'params', 'batch_stats'}
-    save_converted("converted", "atnet", variables, ATNet().to_config())
-    variables, config = load_converted("converted", "atnet")
+    checkpoint_io.save_converted("converted", "atnet", variables,
+                                 ATNet().to_config())   # Orbax, for inference
 
 Layout changes (PyTorch -> Flax):
   Conv2d weight (O, I, kh, kw)           -> kernel (kh, kw, I, O)
@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import pathlib
 import pickle
 from typing import Any, Callable, Mapping, Optional
 
@@ -36,15 +35,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from hcmtfg import paths
 from hcmtfg.errors import InputError
 from hcmtfg.models.at_net import ATNet
 from hcmtfg.models.discriminator import RegressionDiscriminator
 from hcmtfg.models.vg_net import VGNet
 
 _PREFIX = "module."
-_VARIABLES_ITEM = "variables"
-_CONFIG_ITEM = "model_config"
 
 
 class ConversionError(ValueError):
@@ -357,56 +353,3 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return _normalise(obj)
   except ConversionError as e:
     raise InputError(path, str(e)) from e
-
-
-def save_converted(output_dir: str | os.PathLike, name: str,
-                   variables: Mapping[str, Any],
-                   model_config: Mapping[str, Any]) -> pathlib.Path:
-  """Writes `<output_dir>/<name>/` with the variables and the model config.
-
-  One Orbax checkpoint (written to a temporary directory, then renamed) with
-  two items: 'variables' (the Flax variables) and 'model_config' (JSON, the
-  attributes of the module that uses them, e.g. `VGNet().to_config()`).
-  An existing `<output_dir>/<name>` is replaced. `output_dir` may be relative
-  or start with `~`.
-
-  Returns:
-    The checkpoint directory.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  directory = pathlib.Path(paths.user_path(output_dir)) / name
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-    checkpointer.save(
-        directory,
-        ocp.args.Composite(**{
-            _VARIABLES_ITEM: ocp.args.StandardSave(
-                jax.tree.map(np.asarray, dict(variables))),
-            _CONFIG_ITEM: ocp.args.JsonSave(dict(model_config)),
-        }),
-        force=True)
-  return directory
-
-
-def load_converted(output_dir: str | os.PathLike,
-                   name: str) -> tuple[dict, dict[str, Any]]:
-  """Reads what `save_converted` wrote: (variables as numpy arrays, config).
-
-  Raises:
-    InputError: `<output_dir>/<name>` is not such a checkpoint.
-  """
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-
-  directory = pathlib.Path(paths.user_path(output_dir)) / name
-  if not (directory / _VARIABLES_ITEM).is_dir():
-    raise InputError(directory, "is not a converted checkpoint (no "
-                     f"'{_VARIABLES_ITEM}' item)")
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-    restored = checkpointer.restore(
-        directory,
-        ocp.args.Composite(**{
-            _VARIABLES_ITEM: ocp.args.StandardRestore(),
-            _CONFIG_ITEM: ocp.args.JsonRestore(),
-        }))
-  variables = jax.tree.map(np.asarray, restored[_VARIABLES_ITEM])
-  return variables, dict(restored[_CONFIG_ITEM])

@@ -263,8 +263,8 @@ def frame_scores(reference: dict[str, Any], fake: np.ndarray, analyzer,
       "release/psnr": mean(metrics_lib.release_psnr(real, fake128)),
       "release/psnr_true_mse": mean(metrics_lib.release_psnr(
           real, fake128, uint8_wraparound=False)),
-      "plain/ssim": mean(metrics_lib.ssim(real_s, fake)),
-      "plain/psnr": mean(metrics_lib.psnr(real_s, fake)),
+      "plain/ssim": mean(metrics_lib.plain_ssim(real_s, fake)),
+      "plain/psnr": mean(metrics_lib.plain_psnr(real_s, fake)),
   }
   points, found, _ = mouth_metrics.frame_landmarks(fake128, analyzer,
                                                    reference["boxes"])

@@ -7,7 +7,7 @@
     result = generate.generate(generator, photo, speech)    # (T, S, S, 3) uint8
     generate.write_result("out.mp4", result.frames, speech)
 
-Pipeline (spec sections 1-3, 6): the photo is aligned to the release's 128x128
+Pipeline (the release demo's): the photo is aligned to the release's 128x128
 crop and its landmarks normalised exactly as the datasets normalise theirs
 (`clip_features.normalize_landmarks`, or the release's `normLmarks` when a
 release shape model is given); the speech gives one 28x12 MFCC window per 25-fps
@@ -31,7 +31,6 @@ release weights only.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import itertools
@@ -68,17 +67,12 @@ _AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000,
               64000, 88200, 96000)
 
 
-# How many times each chunk step has been traced (= compiled) in this process.
-TRACE_COUNTS = collections.Counter()
-
-
 def to_uint8(x: jax.Array) -> jax.Array:
   """Images in [-1, 1] -> uint8 [0, 255] (rounded, clipped), on the device."""
   return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 def _atnet_chunk(module, variables, carry, example_coef_1xk, mfcc_1xCx28x12):
-  TRACE_COUNTS["atnet"] += 1
   return streaming.atnet_chunk(module, variables, carry, example_coef_1xk,
                                mfcc_1xCx28x12)
 
@@ -109,7 +103,6 @@ def atnet_step(module, variables, carry, example_coef_Bxk, mfcc_BxCx28x12):
 def _vgnet_chunk(module, variables, carry, image_1xSxSx3, coefs_1xCxk,
                  example_lmark_1x136, components_136xk, mean_136):
   """Frames (C, S, S, 3) uint8, attention (C, S, S), colour uint8, carry."""
-  TRACE_COUNTS["vgnet"] += 1
   target = coefs_1xCxk @ components_136xk.T + mean_136  # landmarks x scale
   out, carry = streaming.vgnet_chunk(module, variables, carry, image_1xSxSx3,
                                      target, example_lmark_1x136)

@@ -1,7 +1,7 @@
 """Starting a training run from converted release weights (`config.init_from`).
 
 `config.init_from` names a directory written by `launch.convert_checkpoint`
-(`hcmtfg.convert_torch.save_converted`): `<dir>/atnet`, `<dir>/vgnet`,
+(`hcmtfg.checkpoint_io.save_converted`): `<dir>/atnet`, `<dir>/vgnet`,
 `<dir>/discriminator`. `InitFrom` wraps a state initialiser so that a fresh
 run's networks take those parameters and BatchNorm statistics instead of random
 ones (optimiser moments start at zero, as for a fresh run); a run that resumes
@@ -22,7 +22,7 @@ from flax import traverse_util
 import jax
 import numpy as np
 
-from hcmtfg import convert_torch
+from hcmtfg import checkpoint_io
 from hcmtfg import paths
 from hcmtfg import sharding
 from hcmtfg import train_state as ts
@@ -64,7 +64,7 @@ def load_variables(directory: str | os.PathLike, stage: str
       logging.info('init_from: no %s/ in %s; it starts from random weights',
                    item, root)
       continue
-    variables, _ = convert_torch.load_converted(root, item)
+    variables, _ = checkpoint_io.load_converted(root, item)
     found[net] = {c: variables.get(c, {}) for c in _COLLECTIONS}
   return found
 

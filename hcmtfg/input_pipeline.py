@@ -1,26 +1,9 @@
 """tf.data input pipelines over the talking-face TFDS datasets (data_pipelines/).
 
-Two training views of a clip, each sampling a window of `num_target_frames` (T, 16 by
-default) frames per example:
-
-* AT-net ('atnet'): example frame r drawn uniformly from [3, 7] (the release's range,
-  clamped to the clip), targets r+1 .. r+T. Batch keys:
-    'example_coef' (B, 6) float32  PCA coefficients of frame r's landmarks
-    'mfcc'         (B, T, 28, 12) float32  MFCC windows of frames r+1 .. r+T
-                                 (window of frame t: mfcc[4t:4t+28, 1:], rows past
-                                 the end are zeros, as `hcmtfg.audio.mfcc_windows`)
-    'target_coef'  (B, T, 6) float32  PCA coefficients of frames r+1 .. r+T
-* VG-net ('vgnet'): example frame uniformly anywhere in the clip, T consecutive
-  target frames starting uniformly in [0, num_frames - T]. Batch keys:
-    'example_image' (B, H, W, 3) float32 in [-1, 1]
-    'example_lmark' (B, 136) float32  normalised landmarks x `landmark_scale` (5)
-    'target_image'  (B, T, H, W, 3) float32 in [-1, 1]
-    'target_lmark'  (B, T, 136) float32  same convention as example_lmark
-    'target_mouth'  (B, T, 20, 2) float32  mouth points 48..67 (x, y) of the target
-                                  frames in pixels of the H x W frame (for the
-                                  mouth-weighted losses and mouth metrics)
-  H = W = 128, or `image_size` when given (area-resized, for tiny configs). Only the
-  17 frames used are JPEG/PNG-decoded.
+Batches of training windows for AT-net ('atnet') or VG-net ('vgnet'): each key
+of a view's window (`hcmtfg.windows`: which frames, which features, shapes)
+with a leading batch axis B, e.g. 'mfcc' (B, T, 28, 12) or 'target_image'
+(B, T, H, W, 3).
 
 Determinism and resumption. Each host reads its own disjoint part of the split
 (`tfds.even_splits(split, process_count)[process_index]`). Epoch e of a host is its
@@ -58,15 +41,11 @@ import tensorflow_datasets as tfds
 
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import shards
+from hcmtfg import windows
 from hcmtfg.errors import InputError
 
 PCA_FILENAME = "landmark_pca.npz"
-VIEWS = ("atnet", "vgnet")
-EXAMPLE_RANGE = (3, 7)  # AT-net example frame r, inclusive (the release's).
-MFCC_ROWS_PER_FRAME = 4
-MFCC_WINDOW_ROWS = 28
 _STATE_VERSION = 2
-# What tf.data raises on a damaged or vanished TFRecord file (without naming it).
 
 
 def dataset_pca_path(builder: tfds.core.DatasetBuilder) -> str:
@@ -103,117 +82,24 @@ def host_split(split: str, process_index: int, process_count: int) -> str:
   return tfds.even_splits(split, n=process_count)[process_index]
 
 
-class _Sampler:
-  """Per-example window sampling and decoding (TF graph functions)."""
-
-  def __init__(self, view: str, num_target_frames: int,
-               pca: landmarks_lib.Pca | None, image_size: int | None,
-               landmark_scale: float, example_range: tuple[int, int]):
-    if view not in VIEWS:
-      raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
-    if view == "atnet" and pca is None:
-      raise ValueError("the AT-net view needs a landmark PCA")
-    self.view = view
-    self.num_target_frames = int(num_target_frames)
-    self.image_size = image_size
-    self.landmark_scale = float(landmark_scale)
-    self.example_range = example_range
-    if pca is not None:
-      self.pca_scale = float(pca.scale)
-      self.pca_mean = tf.constant(pca.mean, tf.float32)
-      self.pca_components = tf.constant(pca.components, tf.float32)
-
-  @property
-  def min_frames(self) -> int:
-    return self.num_target_frames + (1 if self.view == "atnet" else 0)
-
-  def _project(self, lmark_x136: tf.Tensor) -> tf.Tensor:
-    return tf.matmul(lmark_x136 * self.pca_scale - self.pca_mean,
-                     self.pca_components)
-
-  def _atnet(self, example, seed_2):
-    num_frames = tf.shape(example["normalized_landmarks"])[0]
-    w = self.num_target_frames
-    r_max = tf.minimum(self.example_range[1], num_frames - 1 - w)
-    r_min = tf.minimum(self.example_range[0], r_max)
-    r = tf.random.stateless_uniform([], seed_2, r_min, r_max + 1, tf.int32)
-    lmarks = example["normalized_landmarks"]
-    targets = tf.range(r + 1, r + 1 + w)
-    ceps = example["mfcc"][:, 1:]
-    ceps = tf.pad(ceps, [[0, MFCC_ROWS_PER_FRAME * (r + w) + MFCC_WINDOW_ROWS],
-                         [0, 0]])
-    rows = (MFCC_ROWS_PER_FRAME * targets[:, None]
-            + tf.range(MFCC_WINDOW_ROWS)[None, :])
-    return {
-        "example_coef": self._project(lmarks[r][None])[0],
-        "mfcc": tf.gather(ceps, rows),
-        "target_coef": self._project(tf.gather(lmarks, targets)),
-        "example_index": r,
-    }
-
-  def _decode(self, encoded_frames: tf.Tensor) -> tf.Tensor:
-    images = tf.map_fn(
-        lambda b: tf.io.decode_image(b, channels=3, expand_animations=False),
-        encoded_frames, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
-    images = tf.cast(images, tf.float32)
-    if self.image_size is not None:
-      images = tf.image.resize(images, [self.image_size, self.image_size],
-                               method="area")
-    images = images / 127.5 - 1.0
-    size = self.image_size or 128
-    return tf.ensure_shape(images, [self.num_target_frames + 1, size, size, 3])
-
-  def _vgnet(self, example, seed_2):
-    lmarks = example["normalized_landmarks"] * self.landmark_scale
-    num_frames = tf.shape(lmarks)[0]
-    w = self.num_target_frames
-    seeds = tf.random.experimental.stateless_split(seed_2, 2)
-    e = tf.random.stateless_uniform([], seeds[0], 0, num_frames, tf.int32)
-    s = tf.random.stateless_uniform([], seeds[1], 0, num_frames - w + 1, tf.int32)
-    indices = tf.concat([[e], tf.range(s, s + w)], axis=0)
-    images = self._decode(tf.gather(example["frames"], indices))
-    # Crop landmarks are stored in pixels of the 128x128 crop (pixel centres
-    # at integers); map them to the resized frame's pixels.
-    mouth = tf.cast(tf.gather(example["landmarks"], indices[1:])[:, 48:68],
-                    tf.float32)
-    mouth = (mouth + 0.5) * ((self.image_size or 128) / 128.0) - 0.5
-    return {
-        "example_image": images[0],
-        "example_lmark": lmarks[e],
-        "target_image": images[1:],
-        "target_lmark": tf.ensure_shape(tf.gather(lmarks, indices[1:]), [w, 136]),
-        "target_mouth": tf.ensure_shape(mouth, [w, 20, 2]),
-        "example_index": e,
-        "target_start": s,
-    }
-
-  def __call__(self, seed_2: tf.Tensor, example: dict[str, tf.Tensor]):
-    if self.view == "atnet":
-      return self._atnet(example, seed_2)
-    return self._vgnet(example, seed_2)
-
-
-def _read(builder, split: str, view: str) -> tf.data.Dataset:
-  """The features a view needs, in file order; frames stay encoded."""
-  if view == "atnet":
-    decoders = tfds.decode.PartialDecoding(
-        {"normalized_landmarks": True, "mfcc": True, "clip_id": True})
-  else:
-    decoders = tfds.decode.PartialDecoding(
-        {"frames": True, "landmarks": True, "normalized_landmarks": True,
-         "clip_id": True},
-        decoders={"frames": tfds.decode.SkipDecoding()})
-  return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
-                            read_config=tfds.ReadConfig(add_tfds_id=False))
-
-
 class _Stream:
-  """Shared set-up of the training and eval views for one host."""
+  """Shared set-up of the training and eval views for one host.
+
+  The keyword arguments, with their defaults, are those of every
+  `make_train_iterator` / `make_eval_data` call (documented there).
+  """
 
   def __init__(self, builder, split: str, view: str, *, global_batch_size: int,
-               seed: int, num_target_frames: int, pca, image_size, landmark_scale,
-               example_range, process_index, process_count, with_ids: bool,
+               seed: int = 0, num_target_frames: int = 16,
+               pca: landmarks_lib.Pca | None = None,
+               image_size: int | None = None,
+               landmark_scale: float = landmarks_lib.RELEASE_PCA_SCALE,
+               example_range: tuple[int, int] = windows.EXAMPLE_RANGE,
+               process_index: int | None = None,
+               process_count: int | None = None, with_ids: bool = False,
                skip_corrupt_shards: bool = False):
+    if view == "atnet" and pca is None:
+      pca = load_dataset_pca(builder)
     self.process_index, self.process_count = _process_defaults(process_index,
                                                                process_count)
     if global_batch_size % self.process_count:
@@ -224,14 +110,15 @@ class _Stream:
     self.view = view
     self.full_split = split
     self.split = host_split(split, self.process_index, self.process_count)
-    self.sampler = _Sampler(view, num_target_frames, pca, image_size,
-                            landmark_scale, example_range)
+    self.sampler = windows.WindowSampler(view, num_target_frames, pca,
+                                         image_size, landmark_scale,
+                                         example_range)
     self.with_ids = with_ids
     self.builder = builder
     self.skip_corrupt_shards = bool(skip_corrupt_shards)
     self.dropped: dict[str, int] = {}  # skipped shard -> records lost
     self.read_split = self.split
-    self.base = self._filtered(_read(builder, self.split, view))
+    self.base = self._filtered(windows.read_clips(builder, self.split, view))
 
   def _filtered(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.filter(lambda ex: tf.shape(ex["normalized_landmarks"])[0]
@@ -272,7 +159,8 @@ class _Stream:
                     self.records_lost, len(self.dropped), self.full_split)
     self.read_split = shards.split_without(self.builder, self.split,
                                      set(self.dropped))
-    self.base = self._filtered(_read(self.builder, self.read_split, self.view))
+    self.base = self._filtered(windows.read_clips(self.builder,
+                                                  self.read_split, self.view))
 
   def sample(self, epoch: tf.Tensor, ds: tf.data.Dataset,
              skip: tf.Tensor | int = 0) -> tf.data.Dataset:
@@ -389,50 +277,41 @@ class TrainIterator:
 
 
 def make_train_iterator(builder, view: str, *, split: str = "train",
-                        global_batch_size: int, seed: int = 0,
-                        num_target_frames: int = 16,
-                        pca: landmarks_lib.Pca | None = None,
-                        image_size: int | None = None,
-                        landmark_scale: float = landmarks_lib.RELEASE_PCA_SCALE,
-                        example_range: tuple[int, int] = EXAMPLE_RANGE,
                         shuffle_buffer: int = 512, prefetch: int | None = None,
-                        process_index: int | None = None,
-                        process_count: int | None = None,
                         state: dict[str, Any] | None = None,
-                        with_ids: bool = False,
-                        skip_corrupt_shards: bool = False) -> TrainIterator:
+                        **stream_args) -> TrainIterator:
   """The training view `view` ('atnet' | 'vgnet') of a built dataset.
 
   Args:
     builder: a prepared TFDS builder of data_pipelines (e.g.
       `tfds.builder('synthetic_talking_faces', data_dir=...)`).
-    view: 'atnet' or 'vgnet' (see the module docstring).
+    view: 'atnet' or 'vgnet' (see `hcmtfg.windows`).
     split: TFDS split name.
-    global_batch_size: examples per step over all processes.
-    seed: determines the order and every sampled window.
-    num_target_frames: T, frames per training window.
-    pca: the landmark PCA (AT-net); None = `load_dataset_pca(builder)` for AT-net.
-    image_size: VG-net output size (None: 128).
-    landmark_scale: factor on normalised landmarks for VG-net (the release's 5).
-    example_range: AT-net example frame range (inclusive).
     shuffle_buffer: examples in the shuffle buffer (encoded frames, ~200 KB each).
     prefetch: batches to prefetch (None: autotune).
-    process_index, process_count: this host and the number of hosts (default:
-      jax.process_index(), jax.process_count()).
     state: a position from `get_state()` to resume from.
-    with_ids: also return 'clip_id' and the sampled indices (tests, debugging).
-    skip_corrupt_shards: on a damaged TFRecord shard, log it with the records
-      lost and go on without it (default: raise InputError naming it).
+    **stream_args: the batch, window and host options, shared with
+      `make_eval_data`:
+      global_batch_size: examples per step over all processes (required).
+      seed: determines the order and every sampled window (default 0).
+      num_target_frames: T, frames per training window (default 16).
+      pca: the landmark PCA (AT-net); None (default) =
+        `load_dataset_pca(builder)` for AT-net.
+      image_size: VG-net output size (default None: 128).
+      landmark_scale: factor on normalised landmarks for VG-net (default: the
+        release's 5).
+      example_range: AT-net example frame range, inclusive (default: the
+        release's (3, 7)).
+      process_index, process_count: this host and the number of hosts
+        (default: jax.process_index(), jax.process_count()).
+      with_ids: also return 'clip_id' and the sampled indices (tests,
+        debugging; default False).
+      skip_corrupt_shards: on a damaged TFRecord shard, log it with the
+        records lost and go on without it (default False: raise InputError
+        naming it).
   """
-  if view == "atnet" and pca is None:
-    pca = load_dataset_pca(builder)
-  stream = _Stream(builder, split, view, global_batch_size=global_batch_size,
-                   seed=seed, num_target_frames=num_target_frames, pca=pca,
-                   image_size=image_size, landmark_scale=landmark_scale,
-                   example_range=example_range, process_index=process_index,
-                   process_count=process_count, with_ids=with_ids,
-                   skip_corrupt_shards=skip_corrupt_shards)
-  iterator = TrainIterator(stream, shuffle_buffer, prefetch)
+  iterator = TrainIterator(_Stream(builder, split, view, **stream_args),
+                           shuffle_buffer, prefetch)
   if state is not None:
     iterator.set_state(state)
   return iterator
@@ -481,27 +360,10 @@ class EvalData:
 
 
 def make_eval_data(builder, view: str, *, split: str = "test",
-                   global_batch_size: int, seed: int = 0,
-                   num_target_frames: int = 16,
-                   pca: landmarks_lib.Pca | None = None,
-                   image_size: int | None = None,
-                   landmark_scale: float = landmarks_lib.RELEASE_PCA_SCALE,
-                   example_range: tuple[int, int] = EXAMPLE_RANGE,
-                   process_index: int | None = None,
-                   process_count: int | None = None,
-                   with_ids: bool = False,
-                   skip_corrupt_shards: bool = False) -> EvalData:
-  """The eval view of a split; arguments as `make_train_iterator`.
+                   **stream_args) -> EvalData:
+  """The eval view of a split; `stream_args` as for `make_train_iterator`.
 
   Batches carry 'mask' (B,) bool: False on padding (repeated examples) that fills
   the last batch, so every host yields `len(eval_data)` full batches.
   """
-  if view == "atnet" and pca is None:
-    pca = load_dataset_pca(builder)
-  stream = _Stream(builder, split, view, global_batch_size=global_batch_size,
-                   seed=seed, num_target_frames=num_target_frames, pca=pca,
-                   image_size=image_size, landmark_scale=landmark_scale,
-                   example_range=example_range, process_index=process_index,
-                   process_count=process_count, with_ids=with_ids,
-                   skip_corrupt_shards=skip_corrupt_shards)
-  return EvalData(stream)
+  return EvalData(_Stream(builder, split, view, **stream_args))

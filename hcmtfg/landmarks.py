@@ -4,7 +4,8 @@ Shapes: 68 dlib landmarks (x, y) per frame; a flattened landmark vector has 136 
 (x0, y0, x1, y1, ...). A Procrustes-normalised shape is centred, scaled and rotated
 onto a mean shape of unit Frobenius norm (coordinates roughly in [-0.2, 0.2]).
 
-PCA convention (spec section 1): coefficients are computed from the normalised
+PCA convention (the release's, whose LRW files `U_lrw1.npy` / `mean_lrw1.npy`
+`load_release_pca` reads): coefficients are computed from the normalised
 landmarks multiplied by `Pca.scale` (5 in the release):
   coef = (lmark136 * scale - mean) @ components
   lmark136 = (coef @ components.T + mean) / scale
@@ -118,13 +119,6 @@ def release_normalise(lmarks_Tx68x2: np.ndarray,
   open_mouth_params = basis @ mouth_offset
   params_TxK = (normalised_Tx136 - normalised_Tx136[-1]) @ basis.T
   return (params_TxK - open_mouth_params) @ basis + model.mean_shape_norm
-
-
-def mouth_weight_mask(weight: float = 100.0) -> np.ndarray:
-  """(136,) float32 loss weights: 1, and `weight` on the y of points 48..67."""
-  mask = np.ones(2 * NUM_POINTS, np.float32)
-  mask[2 * MOUTH_POINTS.start + 1::2] = weight
-  return mask
 
 
 @dataclasses.dataclass(frozen=True)

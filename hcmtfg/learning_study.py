@@ -10,8 +10,9 @@ Variants (`VARIANTS`), each a few config overrides on one base VG-net config:
                  (model.regress_landmarks=False);
   no_attention   colour output only (model.generator.use_attention=False).
 
-`run` trains each variant with the real trainer (`training.train`) in its own
-workdir `<output_dir>/<variant>`, saving a checkpoint every `eval_every` steps
+`run` trains each variant with the real trainer (`training.train`), on the
+dataset its caller's `prepare_dataset` gives, in its own workdir
+`<output_dir>/<variant>`, saving a checkpoint every `eval_every` steps
 (all of them kept; the trainer's own validation evals are off), then scores
 each of those checkpoints with `hcmtfg.evaluation`: VG-net alone on the true
 landmarks of a split (the 'gt_landmarks' path, what the ablation is about; no
@@ -48,7 +49,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 from absl import logging
 import ml_collections
-import numpy as np
 
 from hcmtfg import atomic
 from hcmtfg import checkpoint_io
@@ -212,48 +212,8 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict
 # ----------------------------------------------------------------------------
 
 
-def _json_safe(x):
-  if isinstance(x, dict):
-    return {k: _json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_json_safe(v) for v in x]
-  if isinstance(x, (float, np.floating)):
-    return float(x) if math.isfinite(x) else None
-  if isinstance(x, np.integer):
-    return int(x)
-  return x
-
-
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
-  """Calls write(temporary name beside `path`), then renames it to `path`."""
-  fd, tmp = atomic.temp_beside(path, suffix=os.path.splitext(path)[1])
-  os.close(fd)
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def write_text(path: str, text: str) -> None:
-  """A UTF-8 text file, written atomically."""
-
-  def write(tmp):
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(text)
-  _write_atomically(path, write)
-
-
-def write_json(path: str, data: Any) -> None:
-  """`data` as indented JSON (non-finite numbers as null), atomically."""
-  write_text(path, json.dumps(_json_safe(data), indent=1, allow_nan=False)
-             + "\n")
-
-
 def read_json(path: str) -> Any:
-  """A JSON file written by `write_json`, or None if it is absent."""
+  """A JSON file written by `atomic.write_json`, or None if absent."""
   if not os.path.exists(path):
     return None
   try:
@@ -457,7 +417,7 @@ def plot(numbers: dict[str, Any], path: str, title: str = "") -> None:
   if title:
     fig.suptitle(title, fontsize=11)
   fig.tight_layout(rect=(0, 0.07, 1, 0.95 if title else 1))
-  _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png"))
+  atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 # ----------------------------------------------------------------------------
@@ -488,6 +448,7 @@ def _summary_line(results: dict[str, Any], path: str) -> str:
 
 
 def run(base: ml_collections.ConfigDict, output_dir: str, *,
+        prepare_dataset: Callable[[ml_collections.ConfigDict], Any],
         variants: Sequence[str] = tuple(VARIANTS), steps: int | None = None,
         eval_every: int | None = None, data_dir: str | None = None,
         split: str = "test", max_clips: int | None = None,
@@ -499,6 +460,9 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
   Args:
     base: a VG-net config (configs/vgnet.py and any user overrides).
     output_dir: where the workdirs, evaluations and the report go.
+    prepare_dataset: `config.data -> prepared TFDS builder`, building a
+      missing synthetic corpus (`data_pipelines.build.prepare_dataset`); every
+      variant trains on that dataset and its `split` is evaluated.
     variants: keys of `VARIANTS`, in the order they run.
     steps: training steps (None: the config's num_train_steps).
     eval_every: evaluate every N steps (None: the config's eval_every_steps,
@@ -573,12 +537,12 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
     this_run["seconds"] = time.monotonic() - start
     numbers = collect(output_dir, study["variants"], evaluated)
     study["numbers"] = numbers
-    write_json(json_path, study)
-    write_text(paths["md"], format_markdown(study, numbers))
+    atomic.write_json(json_path, study)
+    atomic.write_text(paths["md"], format_markdown(study, numbers))
     plot(numbers, paths["png"],
          f"{settings['dataset']} {split}: VG-net on the true landmarks")
 
-  builder = training.prepare_dataset(first_config.data)
+  builder = prepare_dataset(first_config.data)
   if split not in builder.info.splits:
     raise InputError(os.fspath(builder.data_dir), f"no split {split!r} (it has "
                      f"{', '.join(sorted(builder.info.splits))})")
@@ -598,7 +562,7 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
           f"{override_flags({**shown, **VARIANTS[variant].overrides})} "
           f"--workdir={os.path.join(display_dir, variant)}")
       t = time.monotonic()
-      training.train(config, workdir)
+      training.train(config, workdir, builder)
       study["train_seconds"][variant] = (study["train_seconds"].get(variant, 0.0)
                                          + time.monotonic() - t)
       report()
@@ -614,8 +578,8 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
                          "no clip of 2 frames or more")
       seconds = time.monotonic() - t
       os.makedirs(os.path.dirname(target), exist_ok=True)
-      write_json(target, {"variant": variant, "split": split, "seconds": seconds,
-                          **results})
+      atomic.write_json(target, {"variant": variant, "split": split,
+                                 "seconds": seconds, **results})
       study["eval_seconds"][variant] = (study["eval_seconds"].get(variant, 0.0)
                                         + seconds)
       say(f"[{variant}] step {step}: {_summary_line(results, PATH)}")
@@ -624,7 +588,7 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
         results = evaluate_checkpoint(workdir, step, clips, analyzers,
                                       paths=(BASELINE_PATH,),
                                       batch_size=batch_size)
-        write_json(baseline, {"split": split, **results})
+        atomic.write_json(baseline, {"split": split, **results})
         say(f"[baseline] {_summary_line(results, BASELINE_PATH)}")
       report()
   report()

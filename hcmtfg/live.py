@@ -20,12 +20,7 @@ fill, both networks, rendering and the write into the encoder.
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from typing import BinaryIO, Callable
 
 import numpy as np
@@ -62,12 +57,11 @@ class RawWriter:
     pass
 
 
-class FragmentedMp4Writer:
+class FragmentedMp4Writer(video_lib.VideoWriter):
   """H.264 (+ AAC) fragmented mp4, playable while it is being written.
 
-  Fragments are cut every 200 ms, and x264 runs with `zerolatency` (no
-  B-frames, no look-ahead), so a player sees frames about a fifth of a second
-  after they were written.
+  `video.VideoWriter(..., fragmented=True)` with the live defaults (fragments
+  every 200 ms, x264 `zerolatency`, a fast preset).
 
   Args:
     target: a file name, or '-' for stdout.
@@ -81,74 +75,9 @@ class FragmentedMp4Writer:
                audio: np.ndarray | None = None,
                audio_sample_rate: int = audio_lib.SAMPLE_RATE,
                preset: str = "veryfast", crf: int = 20):
-    self.target = target
-    self._fps, self._preset, self._crf = fps, preset, crf
-    self._audio, self._rate = audio, audio_sample_rate
-    self._proc: subprocess.Popen | None = None
-    self._tmpdir = tempfile.TemporaryDirectory(prefix="hcmtfg_live_")
-    self._partial = None
-    if target != "-":
-      folder, name = os.path.split(os.path.abspath(target))
-      self._partial = os.path.join(
-          folder, f".{name}.{uuid.uuid4().hex[:8]}.partial.mp4")
-    self.num_frames = 0
-
-  def _start(self, height: int, width: int) -> None:
-    cmd = [video_lib.ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel",
-           "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24", "-video_size",
-           f"{width}x{height}", "-framerate", str(self._fps), "-i", "pipe:0"]
-    if self._audio is not None:
-      import soundfile  # pylint: disable=g-import-not-at-top
-      wav = os.path.join(self._tmpdir.name, "audio.wav")
-      soundfile.write(wav, np.clip(self._audio, -1, 1), self._rate,
-                      subtype="FLOAT")
-      cmd += ["-i", wav, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac",
-              "-b:a", "128k"]
-    if height % 2 or width % 2:
-      cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
-    cmd += ["-c:v", "libx264", "-preset", self._preset, "-tune", "zerolatency",
-            "-crf", str(self._crf), "-pix_fmt", "yuv420p", "-g",
-            str(int(2 * self._fps)), "-movflags",
-            "+frag_keyframe+empty_moov+default_base_moof", "-frag_duration",
-            "200000", "-flush_packets", "1", "-f", "mp4",
-            "pipe:1" if self._partial is None else self._partial]
-    self._proc = subprocess.Popen(
-        cmd, stdin=subprocess.PIPE,
-        stdout=sys.stdout.buffer if self._partial is None else
-        subprocess.DEVNULL)
-
-  def write(self, frames: np.ndarray) -> None:
-    frames = np.ascontiguousarray(frames, np.uint8)
-    if self._proc is None:
-      self._start(*frames.shape[1:3])
-    try:
-      self._proc.stdin.write(frames.tobytes())
-      self._proc.stdin.flush()
-    except (BrokenPipeError, OSError) as e:
-      self.abort()
-      raise RuntimeError(f"the encoder stopped (is the player closed?): {e}"
-                         ) from e
-    self.num_frames += frames.shape[0]
-
-  def close(self) -> None:
-    if self._proc is None:
-      raise ValueError("no frames were written")
-    self._proc.stdin.close()
-    code = self._proc.wait()
-    self._tmpdir.cleanup()
-    if code != 0:
-      self.abort()
-      raise RuntimeError(f"ffmpeg failed (exit {code}) writing {self.target}")
-    if self._partial is not None:
-      os.replace(self._partial, self.target)
-
-  def abort(self) -> None:
-    if self._proc is not None and self._proc.poll() is None:
-      self._proc.kill()
-      self._proc.wait()
-    if self._partial is not None and os.path.exists(self._partial):
-      os.remove(self._partial)
-    self._tmpdir.cleanup()
+    super().__init__(target, fps=fps, audio=audio,
+                     audio_sample_rate=audio_sample_rate, crf=crf,
+                     preset=preset, fragmented=True)
 
 
 @dataclasses.dataclass(frozen=True)

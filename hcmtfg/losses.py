@@ -1,4 +1,4 @@
-"""Training losses of AT-net and VG-net (ATVGnet spec §2 and §5).
+"""Training losses of AT-net and VG-net, as the release trains them.
 
 All losses are scalar float32 means. Composite losses return dicts of named
 scalars (keys without a `train/` prefix; the trainers add prefixes).
@@ -17,9 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hcmtfg import landmarks as landmarks_lib
+
 # y-coordinates of the mouth points 48..67 in the flattened
 # (x0, y0, x1, y1, ...) 136-vector: indices 97, 99, ..., 135.
-MOUTH_Y_INDICES = tuple(range(97, 136, 2))
+MOUTH_Y_INDICES = tuple(range(2 * landmarks_lib.MOUTH_POINTS.start + 1,
+                              2 * landmarks_lib.MOUTH_POINTS.stop, 2))
 MOUTH_WEIGHT = 100.0
 
 

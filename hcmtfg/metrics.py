@@ -12,9 +12,11 @@ Two labelled conventions for SSIM and PSNR:
   directly, so every difference wraps modulo 256 (d -> (d mod 256)^2 mod 256,
   hence MSE <= 255 and PSNR >= 24.05 dB always); `uint8_wraparound=True` (the
   default here, to reproduce its numbers) keeps that, False gives the true MSE.
-* plain (`ssim`, `psnr`): full resolution RGB, no resize; SSIM with the same
-  window settings (or Gaussian weights, sigma 1.5, 11 taps, if asked); PSNR of
-  the RGB float MSE with max 255, +inf when identical.
+* plain (`plain_ssim`, `plain_psnr`): full resolution RGB, no resize; SSIM
+  with the same window settings (skimage's `structural_similarity` defaults);
+  PSNR of the RGB float MSE with max 255, +inf when identical.
+
+Training's quick summaries use a third convention, in JAX: `hcmtfg.image_metrics`.
 
 LMD (`lmd`): the release's landmark distance. dlib's mouth points 48..67 are
 found on the real and the generated frame, each set is centred on its own mean,
@@ -44,6 +46,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 from skimage import feature
+from skimage.metrics import structural_similarity
 
 from hcmtfg import landmarks as landmarks_lib
 
@@ -75,50 +78,28 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
   return a4, b4, single
 
 
-def ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 255.0,
-         win_size: int = 7, gaussian_weights: bool = False, sigma: float = 1.5,
-         use_sample_covariance: bool = True) -> np.ndarray | float:
-  """Mean SSIM per image, equal to skimage's `structural_similarity(a, b,
-  channel_axis=-1, data_range=..., win_size=..., gaussian_weights=...)`.
+def plain_ssim(a: np.ndarray, b: np.ndarray, *, data_range: float = 255.0
+               ) -> np.ndarray | float:
+  """Mean SSIM per image: skimage's `structural_similarity(a, b,
+  channel_axis=-1, data_range=...)` (7x7 uniform window, sample covariance).
 
   Args:
-    a, b: (N, H, W, C) or (H, W, C) images (any numeric dtype; C = 1 for gray).
+    a, b: (N, H, W, C) or (H, W, C) images (any numeric dtype; C = 1 for gray),
+      H, W >= 7.
     data_range: value range of the images (255 for uint8).
-    win_size: odd window side for uniform weights (ignored with Gaussian
-      weights, whose window is 11 taps at sigma 1.5).
-    gaussian_weights: Gaussian-weighted window (sigma), truncated at 3.5 sigma.
-    sigma: the Gaussian's standard deviation.
-    use_sample_covariance: divide (co)variances by NP - 1 (skimage's default).
 
   Returns:
     (N,) float64 SSIM in [-1, 1], or a float for a single image.
   """
   a4, b4, single = _pair(a, b)
-  x, y = a4.astype(np.float64), b4.astype(np.float64)
-  if gaussian_weights:
-    win_size = 2 * int(3.5 * sigma + 0.5) + 1
-    blur = lambda z: ndimage.gaussian_filter(z, (0, sigma, sigma, 0), mode="reflect",
-                                             truncate=3.5)
-  else:
-    blur = lambda z: ndimage.uniform_filter(z, (1, win_size, win_size, 1))
-  if min(x.shape[1:3]) < win_size or win_size % 2 == 0:
-    raise ValueError(f"win_size {win_size} must be odd and fit in {x.shape[1:3]}")
-  norm = win_size**2 / (win_size**2 - 1.0) if use_sample_covariance else 1.0
-  ux, uy = blur(x), blur(y)
-  vx = norm * (blur(x * x) - ux * ux)
-  vy = norm * (blur(y * y) - uy * uy)
-  vxy = norm * (blur(x * y) - ux * uy)
-  c1, c2 = (0.01 * data_range)**2, (0.03 * data_range)**2
-  s_map = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1)
-                                                  * (vx + vy + c2))
-  pad = (win_size - 1) // 2
-  values = s_map[:, pad:s_map.shape[1] - pad, pad:s_map.shape[2] - pad].mean(
-      axis=(1, 2, 3))
+  values = np.array([
+      structural_similarity(x, y, channel_axis=-1, data_range=data_range)
+      for x, y in zip(a4.astype(np.float64), b4.astype(np.float64))])
   return float(values[0]) if single else values
 
 
-def psnr(a: np.ndarray, b: np.ndarray, *, data_range: float = 255.0
-         ) -> np.ndarray | float:
+def plain_psnr(a: np.ndarray, b: np.ndarray, *, data_range: float = 255.0
+               ) -> np.ndarray | float:
   """Plain PSNR per image in dB over all pixels and channels; +inf if identical."""
   a4, b4, single = _pair(a, b)
   mse = np.mean(np.square(a4.astype(np.float64) - b4.astype(np.float64)),
@@ -141,7 +122,7 @@ def _release_resize(images_NxHxWx3: np.ndarray) -> np.ndarray:
 def release_ssim(real: np.ndarray, fake: np.ndarray) -> np.ndarray | float:
   """The release's SSIM: RGB uint8 resized to 256x256 (INTER_AREA), 7x7 window."""
   a4, b4, single = _pair(real, fake)
-  values = ssim(_release_resize(a4), _release_resize(b4), data_range=255.0)
+  values = plain_ssim(_release_resize(a4), _release_resize(b4), data_range=255.0)
   return float(values[0]) if single else values
 
 
@@ -177,8 +158,8 @@ def frame_metrics(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
       "release/psnr": float(np.mean(release_psnr(real, fake))),
       "release/psnr_true_mse": float(np.mean(
           release_psnr(real, fake, uint8_wraparound=False))),
-      "plain/ssim": float(np.mean(ssim(real, fake))),
-      "plain/psnr": float(np.mean(psnr(real, fake))),
+      "plain/ssim": float(np.mean(plain_ssim(real, fake))),
+      "plain/psnr": float(np.mean(plain_psnr(real, fake))),
   }
 
 

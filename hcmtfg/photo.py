@@ -20,6 +20,7 @@ import numpy as np
 from hcmtfg import align
 from hcmtfg import clip_features
 from hcmtfg import face as face_lib
+from hcmtfg import image_io
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg.errors import InputError
 
@@ -86,11 +87,11 @@ def prepare_photo(path_or_image: str | os.PathLike | np.ndarray,
     InputError: not an image, no face, or a face smaller than min_face_size.
   """
   if isinstance(path_or_image, np.ndarray):
-    source, image = None, face_lib.to_rgb_uint8(path_or_image)
+    source, image = None, image_io.to_rgb_uint8(path_or_image)
   else:
     source = os.fspath(path_or_image)
-    image = face_lib.load_image(source)
-  gray = face_lib.to_gray(image)
+    image = image_io.load_image(source)
+  gray = image_io.to_gray(image)
   boxes = analyzer.detect_all(gray)
   if not boxes:
     raise InputError(source, "no face found in the image (faces smaller than "

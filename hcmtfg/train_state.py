@@ -1,4 +1,4 @@
-"""Train state, jitted step helpers and the training loop of both stages.
+"""The train state of both stages, their optimiser and the jit helpers.
 
 `TrainState` holds everything a resumed run needs, as one pytree: the step, the
 RNG key and, per network, its parameters, BatchNorm statistics and optimiser
@@ -7,33 +7,25 @@ state. AT-net training uses `g` only (`d` is None); VG-net training uses `g`
 optimisers are rebuilt from the config, which the jitted step functions take as
 a static (hashable, frozen) argument.
 
-`run_train_loop` / `fit` are the loop both trainers share: restore or
-initialise, feed host-local numpy batches as global sharded arrays, check every
-metric for NaN/Inf, checkpoint with the input iterator's position, evaluate,
-and save-and-exit on preemption.
+The step modules (`hcmtfg.atnet_steps`, `hcmtfg.vgnet_steps`) build their
+states and jitted steps from these pieces; the trainer (`hcmtfg.training`) runs
+them.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
-from hcmtfg import checkpointing
-from hcmtfg import faults
 from hcmtfg import sharding
 
 PyTree = Any
-HostBatch = Mapping[str, np.ndarray]
-MetricsSink = Callable[[int, dict[str, float]], None]
 
 
 def learning_rate_schedule(optim_config: ml_collections.ConfigDict
@@ -252,201 +244,3 @@ def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype | None:
 def global_norm(tree: PyTree) -> jax.Array:
   """L2 norm over all leaves of a pytree (gradient-norm metric)."""
   return optax.global_norm(tree)
-
-
-# ----------------------------------------------------------------------------
-# The training loop shared by both stages.
-# ----------------------------------------------------------------------------
-
-
-def _iterator_position(train_iter: Any) -> dict[str, Any] | None:
-  """`train_iter.get_state()` if the iterator can report its position."""
-  get_state = getattr(train_iter, 'get_state', None)
-  return None if get_state is None else dict(get_state())
-
-
-def evaluate(eval_step_fn: Callable[[TrainState, Any], Mapping[str, Any]],
-             state: TrainState, batches: Iterable[HostBatch],
-             mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """Means of `eval_step_fn` metrics over host-local numpy batches."""
-  totals, count = {}, 0
-  for batch in batches:
-    metrics = jax.device_get(
-        eval_step_fn(state, sharding.host_local_to_global(batch, mesh)))
-    for name, value in metrics.items():
-      totals[name] = totals.get(name, 0.0) + float(value)
-    count += 1
-  return {name: total / max(count, 1) for name, total in totals.items()}
-
-
-def run_train_loop(
-    *, state: TrainState,
-    train_step_fn: Callable[[TrainState, Any], tuple[TrainState, Any]],
-    train_iter: Iterator[HostBatch], mesh: jax.sharding.Mesh,
-    checkpointer: checkpointing.Checkpointer, num_steps: int,
-    log_every: int = 100,
-    eval_fn: Callable[[TrainState], dict[str, float]] | None = None,
-    eval_every: int = 0, write_metrics: MetricsSink | None = None,
-    preemption: checkpointing.PreemptionHandler | None = None) -> TrainState:
-  """Runs train steps until `num_steps`, checkpointing along the way.
-
-  Step n+1 is dispatched before step n's metrics are fetched, so the host never
-  waits for the device except at logs, saves and evals. Every metric is checked
-  for NaN/Inf (raising `NonFiniteLossError` naming the step), and a step is
-  verified finite before it is saved.
-
-  Args:
-    state: the state to continue from (its `step` is the start).
-    train_step_fn: jitted `(state, global_batch) -> (state, metrics)`.
-    train_iter: yields host-local numpy batch dicts; its `get_state()` (if any)
-      is saved with every checkpoint.
-    mesh: the device mesh (batches are sharded over 'data').
-    checkpointer: saves at its interval, at the end and on preemption.
-    num_steps: stop after this many completed steps.
-    log_every: average and write train metrics every N steps.
-    eval_fn: `state -> metrics`, run every `eval_every` steps (0 = never).
-    eval_every: see eval_fn.
-    write_metrics: `(step, metrics)`, called on process 0 only.
-    preemption: a handler whose request makes the loop save and exit.
-
-  Returns:
-    The final state (also saved).
-  """
-  step = int(jax.device_get(state.step))
-  # Per metric: running sum and count (warm-up and GAN steps of VG-net report
-  # different metrics, so a log window may mix them).
-  sums: dict[str, float] = {}
-  counts: dict[str, int] = {}
-  pending = None  # (step, device metrics) not yet fetched.
-
-  def write(at_step: int, metrics: dict[str, float]) -> None:
-    logging.info('step %d: %s', at_step,
-                 ', '.join(f'{k}={v:.5g}' for k, v in sorted(metrics.items())))
-    if write_metrics is not None and jax.process_index() == 0:
-      write_metrics(at_step, metrics)
-
-  def fetch() -> None:
-    nonlocal pending
-    if pending is None:
-      return
-    at_step, metrics = pending
-    pending = None
-    metrics = jax.device_get(metrics)
-    checkpointing.check_finite(metrics, at_step)
-    for name, value in metrics.items():
-      sums[name] = sums.get(name, 0.0) + float(value)
-      counts[name] = counts.get(name, 0) + 1
-
-  def preempted() -> bool:
-    if preemption is None:
-      return False
-    if jax.process_count() > 1:  # Hosts must agree on the step.
-      return checkpointer.reached_preemption(step)
-    return preemption.requested
-
-  while step < num_steps:
-    if preempted():
-      fetch()
-      preemption.save_and_exit(checkpointer, step, state,
-                               _iterator_position(train_iter))
-    try:
-      batch = next(train_iter)
-    except StopIteration:
-      logging.warning('training data exhausted at step %d', step)
-      break
-    state, metrics = train_step_fn(
-        state, sharding.host_local_to_global(batch, mesh))
-    fetch()  # The previous step's metrics, while this step runs.
-    step += 1
-    pending = (step, metrics)
-    faults.at('train_step', step)  # Tests only: a kill while the step runs.
-    if step % log_every == 0 or step == num_steps:
-      fetch()
-      write(step, {k: v / counts[k] for k, v in sums.items()})
-      sums.clear()
-      counts.clear()
-    if checkpointer.should_save(step):
-      fetch()
-      checkpointer.save(step, state, _iterator_position(train_iter))
-    if eval_fn is not None and eval_every and step % eval_every == 0:
-      write(step, eval_fn(state))
-  fetch()
-  checkpointer.save(step, state, _iterator_position(train_iter), force=True)
-  checkpointer.wait_until_finished()
-  return state
-
-
-def fit(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
-        mesh: jax.sharding.Mesh, init_fn: Initializer,
-        train_step_fn: Callable[..., Any],
-        eval_step_fn: Callable[..., Any] | None,
-        make_train_iter: Callable[[dict[str, Any] | None], Iterator[HostBatch]],
-        eval_batches: Callable[[], Iterable[HostBatch]] | None = None,
-        write_metrics: MetricsSink | None = None) -> TrainState:
-  """Restores or initialises, then trains with checkpoints, evals, preemption.
-
-  Config fields: num_train_steps, log_every_steps, eval_every_steps (0 = no
-  evals), checkpoint_every_steps, keep_checkpoints.
-
-  Args:
-    config: the experiment config.
-    workdir: checkpoints go to `workdir/checkpoints`.
-    mesh: the device mesh.
-    init_fn: argument-free jitted initialiser (see `train_atnet.make_init_fn`).
-    train_step_fn: jitted `(state, global batch) -> (state, metrics)`.
-    eval_step_fn: jitted `(state, global batch) -> metrics`, or None.
-    make_train_iter: `position -> iterator`; position is None for a fresh start,
-      else the dict its `get_state()` returned when the checkpoint was saved.
-    eval_batches: `() -> iterable of host-local eval batches`, or None.
-    write_metrics: `(step, metrics)` sink, process 0 only.
-
-  Returns:
-    The final train state.
-  """
-  checkpointer = checkpointing.Checkpointer(
-      os.path.join(os.fspath(workdir), 'checkpoints'),
-      max_to_keep=config.keep_checkpoints,
-      save_interval_steps=config.checkpoint_every_steps)
-  state, position = checkpointing.restore_or_init(checkpointer, init_fn)
-  train_iter = make_train_iter(position)
-  eval_fn = None
-  if eval_batches is not None and eval_step_fn is not None:
-    eval_fn = lambda s: evaluate(eval_step_fn, s, eval_batches(), mesh)
-  try:
-    with checkpointing.PreemptionHandler() as preemption:
-      state = run_train_loop(
-          state=state, train_step_fn=train_step_fn, train_iter=train_iter,
-          mesh=mesh, checkpointer=checkpointer,
-          num_steps=config.num_train_steps,
-          log_every=config.log_every_steps, eval_fn=eval_fn,
-          eval_every=config.eval_every_steps, write_metrics=write_metrics,
-          preemption=preemption)
-  finally:
-    checkpointer.close()
-  return state
-
-
-def train_and_evaluate(
-    trainer: Any, config: ml_collections.ConfigDict,
-    workdir: str | os.PathLike,
-    make_train_iter: Callable[[dict[str, Any] | None], Iterator[HostBatch]],
-    eval_batches: Callable[[], Iterable[HostBatch]] | None = None,
-    write_metrics: MetricsSink | None = None,
-    compiler_options: Mapping[str, Any] | None = None) -> TrainState:
-  """Trains one stage on every device, resuming from `workdir` if possible.
-
-  Args:
-    trainer: the stage's module, `hcmtfg.train_atnet` or `hcmtfg.train_vgnet`
-      (its `make_init_fn`, `jit_train_step` and `jit_eval_step` are used).
-    config, workdir, make_train_iter, eval_batches, write_metrics: as `fit`.
-    compiler_options: XLA options for the jitted init and steps.
-  """
-  mesh = sharding.make_mesh()
-  options = dict(compiler_options=compiler_options)
-  init_fn = trainer.make_init_fn(config, jax.random.PRNGKey(config.seed), mesh,
-                                 **options)
-  return fit(config, workdir, mesh=mesh, init_fn=init_fn,
-             train_step_fn=trainer.jit_train_step(config, mesh, **options),
-             eval_step_fn=trainer.jit_eval_step(config, mesh, **options),
-             make_train_iter=make_train_iter, eval_batches=eval_batches,
-             write_metrics=write_metrics)

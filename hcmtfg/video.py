@@ -1,32 +1,49 @@
 """Video decoding at a fixed frame rate and H.264/AAC mp4 writing, through ffmpeg.
 
-Everything goes through the ffmpeg binary bundled with imageio-ffmpeg, driven with
-subprocess pipes: frames leave ffmpeg as raw RGB24 bytes and enter it the same way
-(never one image file per frame). Audio is decoded to 16 kHz mono float32.
+All of it runs the ffmpeg bundled with imageio-ffmpeg. Frames, and what a file
+holds (displayed size, frame rate, duration, audio track), come from its reader,
+`imageio_ffmpeg.read_frames`; ffmpeg decodes the audio track to mono float32.
 
-Writing is atomic: the file is encoded under a hidden temporary name in the target
-directory and renamed to its final name only once ffmpeg has succeeded, so a failed,
-aborted or killed write never leaves a truncated file under the final name (a killed
-Python process may leave the hidden `.NAME.*.partial.EXT` file behind).
+Frames reach the encoder as raw RGB24 bytes on a pipe, through `VideoWriter`:
+not `imageio_ffmpeg.write_frames`, which neither reports ffmpeg's exit status nor
+keeps its messages (a failed encode ends like a finished one, with an empty or
+truncated file) and cannot write to stdout. Writing is atomic: the file is encoded
+under a hidden name in the target directory and renamed once ffmpeg has succeeded,
+so a failed, aborted or killed write never leaves a truncated file under the final
+name (a killed Python process may leave the hidden `.NAME.*.partial.EXT` behind).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fractions
+import logging as std_logging
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import uuid
 from typing import Iterable
 
 from absl import logging
+import imageio_ffmpeg
 import numpy as np
 
+from hcmtfg import errors
 from hcmtfg.errors import InputError
 
 AUDIO_SAMPLE_RATE = 16000
+
+# imageio-ffmpeg's reader puts ffmpeg in a process group of its own unless told
+# not to, which takes a fork() that runs Python in the child: in a multithreaded
+# process (JAX, TensorFlow, gRPC) the child can hang, and JAX warns about it. Its
+# switch makes it start ffmpeg like every other subprocess here.
+os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
+# It also warns whenever the decoded size differs from the stored one, as it does
+# for every video with rotation metadata; here that is expected.
+std_logging.getLogger("imageio_ffmpeg").addFilter(
+    lambda record: "different from the source frame size" not in record.getMessage())
 
 
 @dataclasses.dataclass
@@ -56,7 +73,10 @@ class Video:
 
 @dataclasses.dataclass(frozen=True)
 class MediaInfo:
-  """What `ffmpeg -i` says about a file (first non-cover-art video stream)."""
+  """What a media file holds (its first video stream that is not cover art).
+
+  Without video, size and frame rate are None.
+  """
   has_video: bool
   has_audio: bool
   width: int | None  # displayed size, i.e. after the rotation metadata is applied
@@ -67,19 +87,7 @@ class MediaInfo:
 
 def ffmpeg_exe() -> str:
   """Path of imageio-ffmpeg's bundled ffmpeg binary."""
-  import imageio_ffmpeg  # pylint: disable=g-import-not-at-top
   return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _check_file(path: str) -> None:
-  if not os.path.exists(path):
-    raise InputError(path, "file not found")
-  if os.path.isdir(path):
-    raise InputError(path, "is a directory, not a media file")
-  if not os.access(path, os.R_OK):
-    raise InputError(path, "file is not readable (permission denied)")
-  if os.path.getsize(path) == 0:
-    raise InputError(path, "file is empty")
 
 
 def _last_error_line(stderr: str) -> str:
@@ -88,26 +96,45 @@ def _last_error_line(stderr: str) -> str:
   return lines[-1] if lines else "unknown ffmpeg error"
 
 
-_STREAM_RE = re.compile(r"^\s*Stream #\d+:\d+\S*: (Video|Audio): (.*)$", re.MULTILINE)
-_SIZE_RE = re.compile(r", (\d+)x(\d+)[ ,\[]?")
-_FPS_RE = re.compile(r", ([\d.]+) (?:fps|tbr)\b")
-_DURATION_RE = re.compile(r"Duration: (\d+):(\d+):([\d.]+)")
-_ROTATION_RE = re.compile(r"rotation of (-?[\d.]+) degrees")
+def _open(path: str, output_params: list[str]):
+  """(MediaInfo, generator of rgb24 frames as bytes) of the first video stream
+  that is not cover art ('0:V:0'), read by imageio-ffmpeg; the generator is None
+  when the file has no such stream.
+
+  Raises:
+    InputError: missing, empty or not media at all.
+  """
+  errors.check_readable_file(path, "a media file")
+  reader = imageio_ffmpeg.read_frames(
+      path, output_params=["-map", "0:V:0", *output_params])
+  try:
+    meta = next(reader)
+  # OSError: ffmpeg opened no video stream; the others: a header that
+  # imageio-ffmpeg's parser does not understand.
+  except (OSError, RuntimeError, LookupError, AttributeError, ValueError):
+    reader.close()
+    return _info_without_video(path), None
+  width, height = meta["size"]  # as decoded, so after rotation
+  return MediaInfo(has_video=True, has_audio="audio_codec" in meta, width=width,
+                   height=height, fps=meta["fps"] or None,
+                   duration=meta["duration"] or None), reader
 
 
-def _parse_streams(section: str) -> tuple[tuple[int, int] | None, float | None, bool]:
-  """(size, fps, has_audio) of the first real video stream in an ffmpeg section."""
-  size, fps, has_audio = None, None, False
-  for kind, details in _STREAM_RE.findall(section):
-    if kind == "Audio":
-      has_audio = True
-    elif size is None and "(attached pic)" not in details:
-      match = _SIZE_RE.search(details)
-      if match and int(match.group(1)) > 0 and int(match.group(2)) > 0:
-        size = (int(match.group(1)), int(match.group(2)))
-        fps_match = _FPS_RE.search(details)
-        fps = float(fps_match.group(1)) if fps_match else None
-  return size, fps, has_audio
+def _info_without_video(path: str) -> MediaInfo:
+  """MediaInfo of a file with no video stream: audio only, or not media at all."""
+  result = subprocess.run(
+      [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:a:0",
+       "-t", "0.04", "-f", "null", "-"], capture_output=True, check=False)
+  log = result.stderr.decode("utf-8", "replace")
+  if "Input #0" not in log:
+    raise InputError(path, f"not a readable media file ({_last_error_line(log)})")
+  # imageio-ffmpeg's reader says nothing without video: the container's
+  # duration comes from ffmpeg's own header line.
+  match = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", log)
+  duration = (int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3])
+              if match else None)
+  return MediaInfo(has_video=False, has_audio="matches no streams" not in log,
+                   width=None, height=None, fps=None, duration=duration or None)
 
 
 def probe(path: str | os.PathLike) -> MediaInfo:
@@ -116,26 +143,10 @@ def probe(path: str | os.PathLike) -> MediaInfo:
   Raises:
     InputError: missing, empty or not decodable by ffmpeg.
   """
-  path = os.fspath(path)
-  _check_file(path)
-  result = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
-                          capture_output=True, check=False)
-  stderr = result.stderr.decode("utf-8", "replace")
-  if "Input #0" not in stderr:
-    raise InputError(path, f"not a readable media file ({_last_error_line(stderr)})")
-  input_section = stderr[stderr.index("Input #0"):]
-  size, fps, has_audio = _parse_streams(input_section)
-  rotation = _ROTATION_RE.search(input_section)
-  if size is not None and rotation and round(abs(float(rotation.group(1)))) % 180 == 90:
-    size = (size[1], size[0])
-  duration = None
-  match = _DURATION_RE.search(input_section)
-  if match:
-    h, m, s = match.groups()
-    duration = int(h) * 3600 + int(m) * 60 + float(s)
-  return MediaInfo(has_video=size is not None, has_audio=has_audio,
-                   width=size[0] if size else None, height=size[1] if size else None,
-                   fps=fps, duration=duration)
+  info, reader = _open(os.fspath(path), [])
+  if reader is not None:
+    reader.close()
+  return info
 
 
 def probe_duration(path: str | os.PathLike) -> float | None:
@@ -143,26 +154,33 @@ def probe_duration(path: str | os.PathLike) -> float | None:
   return probe(path).duration
 
 
-def read_audio(path: str | os.PathLike, sample_rate: int = AUDIO_SAMPLE_RATE
-               ) -> np.ndarray:
+def read_audio(path: str | os.PathLike, sample_rate: int = AUDIO_SAMPLE_RATE,
+               max_seconds: float | None = None) -> np.ndarray:
   """The first audio track of any file ffmpeg reads, as (N,) float32 mono.
 
   Channels are downmixed and resampled by ffmpeg (-ac 1 -ar sample_rate).
+
+  Args:
+    path: any file with an audio track.
+    sample_rate: Hz of the result.
+    max_seconds: decode only the first `max_seconds` (None: all of it).
 
   Raises:
     InputError: unreadable file or no audio track.
   """
   path = os.fspath(path)
-  info = probe(path)
-  if not info.has_audio:
-    raise InputError(path, "has no audio track")
-  cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", path,
-         "-map", "0:a:0", "-vn", "-ac", "1", "-ar", str(sample_rate),
-         "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"]
-  result = subprocess.run(cmd, capture_output=True, check=False)
+  errors.check_readable_file(path, "a media file")
+  limit = [] if max_seconds is None else ["-t", f"{max_seconds:.3f}"]
+  result = subprocess.run(
+      [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-i", path,
+       "-map", "0:a:0", "-vn", *limit, "-ac", "1", "-ar", str(sample_rate),
+       "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"],
+      capture_output=True, check=False)
   if result.returncode != 0:
-    stderr = result.stderr.decode("utf-8", "replace")
-    raise InputError(path, f"cannot decode the audio ({_last_error_line(stderr)})")
+    if not probe(path).has_audio:  # InputError when it is not media at all
+      raise InputError(path, "has no audio track")
+    raise InputError(path, "cannot decode the audio "
+                     f"({_last_error_line(result.stderr.decode('utf-8', 'replace'))})")
   return np.frombuffer(result.stdout, dtype="<f4").astype(np.float32)
 
 
@@ -191,29 +209,22 @@ def read_video(path: str | os.PathLike, fps: float | None = 25.0,
   if with_audio not in (True, False, "required"):
     raise ValueError(f"with_audio must be True, False or 'required', got {with_audio!r}")
   path = os.fspath(path)
-  info = probe(path)
-  if not info.has_video:
+  rate = [] if fps is None else ["-vf", f"fps={_rate_string(fps)}"]
+  info, reader = _open(path, ["-an", "-sn", *rate])
+  if reader is None:
     raise InputError(path, "has no video stream")
-  if with_audio == "required" and not info.has_audio:
-    raise InputError(path, "has no audio track (audio is required)")
-  cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:V:0",
-         "-an", "-sn"]
-  if fps is not None:
-    cmd += ["-vf", f"fps={_rate_string(fps)}"]
-  cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"]
-  result = subprocess.run(cmd, capture_output=True, check=False)
-  stderr = result.stderr.decode("utf-8", "replace")
-  if result.returncode != 0:
-    raise InputError(path, f"cannot decode the video ({_last_error_line(stderr)})")
-  size = None
-  if "Output #0" in stderr:  # the size after rotation and filters, as ffmpeg says
-    size, _, _ = _parse_streams(stderr[stderr.index("Output #0"):])
-  width, height = size if size else (info.width, info.height)
-  frame_bytes = width * height * 3
-  data = result.stdout
-  if not data or len(data) % frame_bytes:
-    raise InputError(path, f"decoded no complete {width}x{height} frame")
-  frames = np.frombuffer(data, np.uint8).reshape(-1, height, width, 3).copy()
+  try:
+    if with_audio == "required" and not info.has_audio:
+      raise InputError(path, "has no audio track (audio is required)")
+    frames = [np.frombuffer(frame, np.uint8) for frame in reader]
+  except RuntimeError as e:  # ffmpeg stopped in the middle of a frame
+    raise InputError(path, f"cannot decode the video ({_last_error_line(str(e))})"
+                     ) from e
+  finally:
+    reader.close()
+  if not frames:
+    raise InputError(path, f"decoded no complete {info.width}x{info.height} frame")
+  frames = np.stack(frames).reshape(-1, info.height, info.width, 3)
   if fps is not None and info.duration and frames.shape[0] < 0.5 * info.duration * fps:
     logging.warning("%s: decoded %d frames, expected about %d from its duration "
                     "(truncated file, or audio longer than video)", path,
@@ -271,48 +282,48 @@ class VideoWriter:
       for chunk_NxHxWx3 in generate():
         writer.write(chunk_NxHxWx3)
 
+  `fragmented=True` writes an mp4 that plays while it is being written: fragments
+  are cut every 200 ms and x264 runs with `zerolatency` (no B-frames, no
+  look-ahead), so a player sees frames about a fifth of a second after they were
+  written; `path` may then be '-', stdout (e.g. piped into `ffplay -`).
+
   Args:
     path: output file; the muxer follows the extension (.mp4; .mkv/.mov also work).
     fps: frame rate.
     audio: (N,) or (N, C) float in [-1, 1] at audio_sample_rate, or None.
     audio_sample_rate: Hz of `audio`.
     crf, preset: x264 quality (lower crf = better) and speed.
+    fragmented: a fragmented mp4 for streaming (see above).
   """
 
   def __init__(self, path: str | os.PathLike, fps: float = 25.0,
                audio: np.ndarray | None = None,
                audio_sample_rate: int = AUDIO_SAMPLE_RATE, crf: int = 18,
-               preset: str = "medium"):
+               preset: str = "medium", fragmented: bool = False):
     self.path = os.fspath(path)
-    self._rate = _rate_string(fps)
-    self._crf, self._preset = int(crf), str(preset)
+    self._rate, self._gop = _rate_string(fps), max(1, round(2 * fps))
+    self._crf, self._preset, self._fragmented = int(crf), str(preset), fragmented
     self._audio_sample_rate = int(audio_sample_rate)
     self._audio = None if audio is None else np.asarray(audio, dtype=np.float32)
     if self._audio is not None and (self._audio.ndim not in (1, 2)
                                     or self._audio.shape[0] == 0):
       raise ValueError(f"audio must be (N,) or (N, C), N > 0, got {self._audio.shape}")
+    if self.path == "-" and not fragmented:
+      raise ValueError("only a fragmented mp4 can be written to stdout ('-')")
     directory, name = os.path.split(os.path.abspath(self.path))
-    self._tmp_path = os.path.join(directory, _partial_name(name,
-                                                           uuid.uuid4().hex[:8]))
+    self._tmp_path = None if self.path == "-" else os.path.join(  # None: stdout
+        directory, _partial_name(name, uuid.uuid4().hex[:8]))
     self._proc: subprocess.Popen | None = None
-    self._tmpdir: tempfile.TemporaryDirectory | None = None
-    self._log = None
     self._size: tuple[int, int] | None = None  # (H, W)
-    self._num_frames = 0
+    self._log = self._wav = None  # temporary files: ffmpeg's messages, the audio
+    self.num_frames = 0
     self._done = False
 
   def __enter__(self) -> VideoWriter:
     return self
 
   def __exit__(self, exc_type, exc, tb) -> None:
-    if exc_type is None:
-      self.close()
-    else:
-      self.abort()
-
-  @property
-  def num_frames(self) -> int:
-    return self._num_frames
+    self.close() if exc_type is None else self.abort()
 
   def _start(self, height: int, width: int) -> None:
     self._log = tempfile.TemporaryFile()
@@ -321,21 +332,25 @@ class VideoWriter:
            "-framerate", self._rate, "-i", "pipe:0"]
     if self._audio is not None:
       import soundfile  # pylint: disable=g-import-not-at-top
-      self._tmpdir = tempfile.TemporaryDirectory(prefix="hcmtfg_audio_")
-      wav = os.path.join(self._tmpdir.name, "audio.wav")
-      soundfile.write(wav, np.clip(self._audio, -1.0, 1.0), self._audio_sample_rate,
-                      subtype="FLOAT")
-      cmd += ["-i", wav, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac",
+      self._wav = tempfile.NamedTemporaryFile(prefix="hcmtfg_audio_", suffix=".wav")
+      soundfile.write(self._wav.name, np.clip(self._audio, -1.0, 1.0),
+                      self._audio_sample_rate, subtype="FLOAT")
+      cmd += ["-i", self._wav.name, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac",
               "-b:a", "128k"]
     if height % 2 or width % 2:
       cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
     cmd += ["-c:v", "libx264", "-preset", self._preset, "-crf", str(self._crf),
             "-pix_fmt", "yuv420p"]
-    if os.path.splitext(self._tmp_path)[1].lower() in (".mp4", ".mov", ".m4v"):
+    if self._fragmented:
+      cmd += ["-tune", "zerolatency", "-g", str(self._gop), "-movflags",
+              "+frag_keyframe+empty_moov+default_base_moof", "-frag_duration",
+              "200000", "-flush_packets", "1", "-f", "mp4"]
+    elif os.path.splitext(self._tmp_path)[1].lower() in (".mp4", ".mov", ".m4v"):
       cmd += ["-movflags", "+faststart"]
-    cmd.append(self._tmp_path)
-    self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  stderr=self._log)
+    cmd.append(self._tmp_path or "pipe:1")
+    self._proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stderr=self._log,
+        stdout=subprocess.DEVNULL if self._tmp_path else sys.stdout.buffer)
     self._size = (height, width)
 
   def _ffmpeg_log(self) -> str:
@@ -347,8 +362,7 @@ class VideoWriter:
     if self._done:
       raise ValueError(f"{self.path}: the writer is already closed")
     frames = np.asarray(frames)
-    if frames.ndim == 3:
-      frames = frames[None]
+    frames = frames[None] if frames.ndim == 3 else frames
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
       raise ValueError("frames must be uint8 RGB of shape (H, W, 3) or (N, H, W, 3), "
                        f"got {frames.dtype} {frames.shape}")
@@ -363,11 +377,14 @@ class VideoWriter:
     try:
       for start in range(0, frames.shape[0], 64):  # bounded copies for long arrays
         self._proc.stdin.write(np.ascontiguousarray(frames[start:start + 64]).tobytes())
+      if self._fragmented:
+        self._proc.stdin.flush()
     except (BrokenPipeError, OSError) as e:
       log = self._ffmpeg_log()
       self.abort()
-      raise RuntimeError(f"ffmpeg stopped while writing {self.path}: {log}") from e
-    self._num_frames += frames.shape[0]
+      where = self.path if self._tmp_path else "stdout (is the player closed?)"
+      raise RuntimeError(f"ffmpeg stopped while writing {where}: {log}") from e
+    self.num_frames += frames.shape[0]
 
   def close(self) -> None:
     """Finishes the file and moves it to `path`; raises if ffmpeg failed."""
@@ -376,16 +393,14 @@ class VideoWriter:
     if self._proc is None:
       self.abort()
       raise ValueError(f"{self.path}: no frames were written")
-    try:
-      self._proc.stdin.close()
-    except (BrokenPipeError, OSError):
-      pass
-    returncode = self._proc.wait()
-    if returncode != 0 or not os.path.exists(self._tmp_path):
+    self._proc.communicate()  # closes stdin (a broken pipe is fine), waits
+    returncode = self._proc.returncode
+    if returncode != 0 or (self._tmp_path and not os.path.exists(self._tmp_path)):
       log = self._ffmpeg_log()
       self.abort()
       raise RuntimeError(f"ffmpeg failed writing {self.path} (exit {returncode}): {log}")
-    os.replace(self._tmp_path, self.path)
+    if self._tmp_path:
+      os.replace(self._tmp_path, self.path)
     self._cleanup()
 
   def abort(self) -> None:
@@ -393,23 +408,16 @@ class VideoWriter:
     if self._proc is not None:
       if self._proc.poll() is None:
         self._proc.kill()
-        self._proc.wait()
-      try:
-        self._proc.stdin.close()
-      except (BrokenPipeError, OSError):
-        pass
-    if os.path.exists(self._tmp_path):
+      self._proc.communicate()
+    if self._tmp_path and os.path.exists(self._tmp_path):
       os.remove(self._tmp_path)
     self._cleanup()
 
   def _cleanup(self) -> None:
     self._done = True
-    if self._tmpdir is not None:
-      self._tmpdir.cleanup()
-      self._tmpdir = None
-    if self._log is not None:
-      self._log.close()
-      self._log = None
+    for temporary in (self._log, self._wav):
+      if temporary is not None:
+        temporary.close()  # which deletes it
 
   def __del__(self):
     try:
@@ -440,9 +448,6 @@ def write_video(path: str | os.PathLike,
   """
   with VideoWriter(path, fps=fps, audio=audio, audio_sample_rate=audio_sample_rate,
                    crf=crf, preset=preset) as writer:
-    if isinstance(frames, np.ndarray):
-      writer.write(frames)
-    else:
-      for chunk in frames:
-        writer.write(chunk)
+    for chunk in [frames] if isinstance(frames, np.ndarray) else frames:
+      writer.write(chunk)
   return os.fspath(path)

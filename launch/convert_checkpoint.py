@@ -8,7 +8,7 @@ Writes <output_dir>/atnet, <output_dir>/vgnet and/or <output_dir>/discriminator
 (one per given checkpoint; paths may be relative or start with `~`), each
 holding the Flax variables and the JSON model
 config of the network that uses them; read them back with
-`hcmtfg.convert_torch.load_converted(output_dir, name)`. Needs torch
+`hcmtfg.checkpoint_io.load_converted(output_dir, name)`. Needs torch
 (requirements-torch.txt).
 """
 
@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from hcmtfg import checkpoint_io
 from hcmtfg import convert_torch
 from hcmtfg import models
 from hcmtfg import paths
@@ -66,7 +67,7 @@ def main(argv):
     except ImportError as e:
       raise SystemExit(f"error: reading .pth files needs torch "
                        f"(pip install -r requirements-torch.txt): {e}") from e
-    written = convert_torch.save_converted(_OUTPUT_DIR.value, name, variables,
+    written = checkpoint_io.save_converted(_OUTPUT_DIR.value, name, variables,
                                            module.to_config())
     logging.info("converted %s -> %s (%s)", path, written, type(module).__name__)
 

@@ -9,12 +9,12 @@ Stages (each prints its wall time; a re-run skips what is already done):
   2. atnet     train AT-net on it for a few minutes (DIR/atnet_synthetic, or
                DIR/atnet_tiny with --quick);
   3. vgnet     train VG-net (DIR/vgnet_synthetic or DIR/vgnet_tiny);
-  4. evaluate  both networks on the test split (launch.evaluate: DIR/eval/
-               metrics.md, metrics.json);
+  4. evaluate  both networks on the test split (as launch.evaluate does:
+               DIR/eval/metrics.md, metrics.json);
   5. inputs    a real photo (scikit-image's astronaut, DIR/photo.png) and a
                sentence of synthetic speech (DIR/speech.wav);
-  6. generate  the talking-face video (launch.generate with --paste_back and
-               --save_intermediates: DIR/talking_face.mp4, DIR/talking_face_
+  6. generate  the talking-face video (as launch.generate with --paste_back
+               and --save_intermediates: DIR/talking_face.mp4, DIR/talking_face_
                intermediates.mp4), a contact sheet of its frames
                (DIR/contact_sheet.png) and the video's mouth metrics
                (DIR/talking_metrics.json, printed): the inner-lip aperture
@@ -41,6 +41,8 @@ from typing import Any, Iterator
 from absl import app
 from absl import flags
 
+from hcmtfg import atomic
+from hcmtfg import compile_cache
 from hcmtfg import paths
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_output",
@@ -51,6 +53,7 @@ _ATNET_STEPS = flags.DEFINE_integer("atnet_steps", None, "AT-net training "
                                     "steps (default: per mode).")
 _VGNET_STEPS = flags.DEFINE_integer("vgnet_steps", None, "VG-net training "
                                     "steps (default: per mode).")
+_CACHE = compile_cache.define_flag()
 
 # Per mode: dataset builder config and corpus size, config variant and
 # overrides of each stage (eval_every_steps 0: no evaluation while training),
@@ -151,20 +154,7 @@ def is_stamped(out: str, name: str, key: dict[str, Any], *outputs: str) -> bool:
 
 
 def stamp(out: str, name: str, key: dict[str, Any]) -> None:
-  path = _stamp_path(out, name)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(key, f)
-  os.replace(path + ".tmp", path)
-
-
-def write_json(path: str, value: Any) -> None:
-  """Writes `value` as JSON (NaN as null) under a temporary name, renamed."""
-  clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v
-           for k, v in value.items()}
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(clean, f, indent=1)
-  os.replace(path + ".tmp", path)
+  atomic.write_json(_stamp_path(out, name), key)
 
 
 def video_talking_metrics(workdirs: dict[str, str], photo: str, speech: str,
@@ -198,20 +188,20 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   start = time.monotonic()
   # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
   from data_pipelines import build
-  from hcmtfg import compile_cache
-  from hcmtfg import face as face_lib
+  from data_pipelines.synthetic import sentence
+  from hcmtfg import batch_generate
+  from hcmtfg import demo_media
+  from hcmtfg import evaluation_report
+  from hcmtfg import image_io
   from hcmtfg import mouth_metrics
   from hcmtfg import summaries
   from hcmtfg import training
   from hcmtfg import video as video_lib
-  from launch import demo_media
-  from launch import evaluate
-  from launch import generate as generate_cli
   # pylint: enable=g-import-not-at-top
   summaries.quiet_library_logs()
-  # The --compile_cache flag that launch.generate defines (a re-run, or a
-  # later launch.generate / launch.serve, loads what this run compiles).
-  compile_cache.enable(flags.FLAGS.compile_cache)
+  # A re-run, or a later launch.generate / launch.serve, loads what this run
+  # compiles.
+  compile_cache.enable(_CACHE.value)
   mode = MODES["quick" if quick else "full"]
   out = paths.user_path(out)
   data_dir = os.path.join(out, "data")
@@ -237,7 +227,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
         say(f"{workdir} is at step {done}: already trained")
         continue
       say(f"python -m launch.train {command} --workdir={workdir}")
-      training.train(config, workdir)
+      training.train(config, workdir, build.prepare_dataset(config.data))
 
   checkpoints = {n: f"{w}@{latest_step(w)}" for n, w in workdirs.items()}
   eval_dir = os.path.join(out, "eval")
@@ -249,9 +239,11 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
       with open(metrics_md, encoding="utf-8") as f:
         print(f.read())
     else:
-      evaluate.run(workdirs["atnet"], workdirs["vgnet"], eval_dir,
-                   dataset="synthetic_talking_faces", data_dir=data_dir,
-                   config=mode["data_config"], split="test")
+      evaluation_report.run(workdirs["atnet"], workdirs["vgnet"], eval_dir,
+                            load_builder=build.load_builder,
+                            dataset="synthetic_talking_faces",
+                            data_dir=data_dir, config=mode["data_config"],
+                            split="test")
       stamp(out, "evaluate", key)
 
   photo = os.path.join(out, "photo.png")
@@ -260,12 +252,13 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
     if not os.path.exists(photo):
       demo_media.write_photo(photo)
     if not os.path.exists(speech):
-      demo_media.write_wav(speech, demo_media.sentence_speech(mode["words"]))
+      demo_media.write_wav(speech, sentence.sentence_speech(mode["words"]),
+                           sentence.SAMPLE_RATE)
     say(f"photo {photo}; speech {speech}: "
-        f"\"{demo_media.sentence_text(mode['words'])}\"")
+        f"\"{sentence.sentence_text(mode['words'])}\"")
 
   video = os.path.join(out, "talking_face.mp4")
-  side = generate_cli.intermediates_path(video)
+  side = batch_generate.intermediates_path(video)
   sheet = os.path.join(out, "contact_sheet.png")
   talking_json = os.path.join(out, "talking_metrics.json")
   with stage("generate", timings):
@@ -275,7 +268,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
       with open(talking_json, encoding="utf-8") as f:
         talking = json.load(f)
     else:
-      code = generate_cli.run(generate_cli.Options(
+      code = batch_generate.run(batch_generate.Options(
           atnet_workdir=workdirs["atnet"], vgnet_workdir=workdirs["vgnet"],
           image=photo, audio=speech, output=video, save_intermediates=True,
           paste_back=True))
@@ -284,9 +277,9 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
       demo_media.contact_sheet(
           video_lib.read_video(side, with_audio=False).frames,
           video_lib.read_video(video, with_audio=False).frames,
-          face_lib.load_image(photo), sheet)
+          image_io.load_image(photo), sheet)
       talking = video_talking_metrics(workdirs, photo, speech, video)
-      write_json(talking_json, talking)
+      atomic.write_json(talking_json, talking)  # NaN as null
       stamp(out, "generate", key)
     say("the video's mouth:\n" + mouth_metrics.format_talking_metrics(
         {k: math.nan if v is None else v for k, v in talking.items()}))

@@ -8,7 +8,7 @@
 # the directory the command is run from, and ~ works.
 # --quick is a ~2-minute smoke run (tiny corpus and networks, a handful of steps).
 # The release round trip of earlier versions is its own job:
-#   python -m launch.release_roundtrip --output_dir=DIR   (needs the PyTorch extras)
+#   python -m benchmarks.release_roundtrip --output_dir=DIR   (needs the PyTorch extras)
 set -euo pipefail
 caller_dir=$PWD
 cd "$(dirname "$0")/.."

@@ -71,6 +71,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
+  from data_pipelines import build
   from hcmtfg import learning_study
   from hcmtfg import summaries
   from hcmtfg.errors import InputError
@@ -94,7 +95,8 @@ def main(argv):
   say = lambda text: print(f"==> {text}", flush=True)
   try:
     paths = learning_study.run(
-        _CONFIG.value, _OUTPUT_DIR.value, variants=_VARIANTS.value,
+        _CONFIG.value, _OUTPUT_DIR.value,
+        prepare_dataset=build.prepare_dataset, variants=_VARIANTS.value,
         steps=_STEPS.value, eval_every=_EVAL_EVERY.value, data_dir=data_dir,
         split=_SPLIT.value, max_clips=_MAX_CLIPS.value,
         batch_size=_BATCH_SIZE.value, config_name=_config_name(),

@@ -6,12 +6,17 @@ r"""Trains AT-net or VG-net (the stage is chosen by the config).
 
 Running the same command again resumes from the newest checkpoint in the
 workdir (a corrupt newest checkpoint is reported and the previous one used). A
-second trainer on the same workdir is refused while the first one lives. The workdir receives checkpoints/, tensorboard/ (view with
+second trainer on the same workdir is refused while the first one lives. The
+workdir receives checkpoints/, tensorboard/ (view with
 `tensorboard --logdir=WORKDIR`), config.json and landmark_pca.npz. Config
 variants and their commands are in the docstrings of configs/atnet.py and
 configs/vgnet.py. The config file, the workdir and the config's data paths
 may be relative to the current directory or start with `~`; the workdir may
 be a gs:// URL.
+
+The dataset of `config.data` is prepared here (a missing synthetic corpus is
+built first: `data_pipelines.build.prepare_dataset`) and handed to the trainer,
+`hcmtfg.training.train`.
 
 Several processes (hosts): on a Cloud TPU VM slice or under Slurm/Open MPI the
 processes find each other automatically (`--jax_distributed` forces or, with
@@ -29,11 +34,14 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from data_pipelines import build
 from hcmtfg import checkpointing
 from hcmtfg import compile_cache
+from hcmtfg import paths
 from hcmtfg import sharding
 from hcmtfg import summaries
 from hcmtfg import training
+from hcmtfg import workdir as workdir_lib
 from hcmtfg.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -81,7 +89,10 @@ def main(argv):
   logging.info('process %d of %d, %d local devices', jax.process_index(),
                jax.process_count(), jax.local_device_count())
   try:
-    training.train(_CONFIG.value, _WORKDIR.value)
+    config, workdir = _CONFIG.value, paths.user_path(_WORKDIR.value)
+    workdir_lib.check_writable(workdir)  # before a dataset build, which is long
+    builder = build.prepare_dataset(config.data)  # built here if missing
+    training.train(config, workdir, builder)
   except (InputError, checkpointing.CheckpointError) as e:
     # Bad input, a second trainer on the workdir, no restorable checkpoint,
     # a failed save (disk full): one clear line, exit code 1.

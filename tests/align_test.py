@@ -9,6 +9,7 @@ from skimage import transform as sk_transform
 
 from hcmtfg import align
 from hcmtfg import face
+from hcmtfg import image_io
 
 GOLDEN_FACES = ("obama", "test1", "test14", "EzraMiller_00075",
                 "F03_TIMIT_SA1_131")
@@ -35,11 +36,11 @@ def golden(analyzer, shared_data, release_templates):
   """name -> (image, Face, AlignedFace with the release templates, golden crop)."""
   out = {}
   for name in GOLDEN_FACES:
-    image = face.load_image(shared_data / "faces" / f"{name}.jpg")
+    image = image_io.load_image(shared_data / "faces" / f"{name}.jpg")
     found = analyzer.detect_landmarks(image)
     aligned = align.align_face(image, found.landmarks, found.box,
                                release_templates)
-    reference = face.load_image(shared_data / "atvgnet_golden" /
+    reference = image_io.load_image(shared_data / "atvgnet_golden" /
                                 f"{name}_region.jpg")
     out[name] = (image, found, aligned, reference)
   return out
@@ -118,7 +119,7 @@ def test_square_crop_leaving_the_image_is_black_filled(golden):
 
 def test_default_template_is_our_mean_shape(analyzer, shared_data, golden):
   landmark_sets = [
-      analyzer.detect_landmarks(face.load_image(p)).landmarks
+      analyzer.detect_landmarks(image_io.load_image(p)).landmarks
       for p in sorted((shared_data / "faces").glob("*.jpg"))]
   recomputed = align.mean_template(landmark_sets)
   ours = align.default_templates()

@@ -1,4 +1,4 @@
-"""launch.benchmark on shrunk networks: the JSON schema and its arithmetic."""
+"""benchmarks.benchmark on shrunk networks: the JSON schema and its arithmetic."""
 
 import json
 import math
@@ -33,7 +33,7 @@ def _run_benchmark(tmp_path, *args):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = tmp_path / "bench.json"
   result = subprocess.run(
-      [sys.executable, "-m", "launch.benchmark", "--tiny", "--warmup=0",
+      [sys.executable, "-m", "benchmarks.benchmark", "--tiny", "--warmup=0",
        f"--output={out}", *args],
       cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
       check=False)
@@ -103,7 +103,7 @@ def test_device_mode_runs_jax_only(tmp_path):
 def test_unknown_case_is_an_error(tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   result = subprocess.run(
-      [sys.executable, "-m", "launch.benchmark", "--tiny", "--noisolate",
+      [sys.executable, "-m", "benchmarks.benchmark", "--tiny", "--noisolate",
        "--cases=vg_infer_bx"], cwd=REPO_ROOT, env=env, capture_output=True,
       text=True, timeout=120, check=False)
   assert result.returncode != 0
@@ -112,9 +112,9 @@ def test_unknown_case_is_an_error(tmp_path):
 
 def _write_face_video(path: pathlib.Path, photo: pathlib.Path) -> None:
   """Three still frames of `photo` (a face), as an mp4."""
-  from hcmtfg import face  # pylint: disable=g-import-not-at-top
+  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
   from hcmtfg import video  # pylint: disable=g-import-not-at-top
-  image = face.load_image(photo)
+  image = image_io.load_image(photo)
   video.write_video(path, [image] * 3)
 
 
@@ -147,7 +147,7 @@ def test_entry_point_from_another_directory(module, tmp_path, request):
   before = sorted(os.listdir(cwd))
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   env.update(HOME=str(home), PYTHONPATH=str(REPO_ROOT))
-  result = subprocess.run([sys.executable, "-m", f"launch.{module}", *args],
+  result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args],
                           cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -6,6 +6,7 @@ fail in CI, where both must be present. CI is any true value of the CI variable
 (`1`, `true`, `yes`, in any case); unset, empty, `0`, `false`, `no` and `off` are not.
 """
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -69,3 +70,25 @@ def torch():
     skip_or_fail("torch is not installed (pip install -r requirements-torch.txt)")
   torch_module.set_num_threads(1)
   return torch_module
+
+
+@pytest.fixture
+def max_chunk_traces(monkeypatch):
+  """`with max_chunk_traces(n):` fails as soon as generation's AT-net or VG-net
+  chunk step is traced (so compiled) more than n times inside the block.
+
+  chex.assert_max_traces on the functions the jitted chunk steps trace.
+  """
+  import chex  # pylint: disable=g-import-not-at-top
+  from hcmtfg import streaming  # pylint: disable=g-import-not-at-top
+
+  @contextlib.contextmanager
+  def limit(n: int):
+    chex.clear_trace_counter()
+    with monkeypatch.context() as patch:
+      for name in ("atnet_chunk", "vgnet_chunk"):
+        patch.setattr(streaming, name,
+                      chex.assert_max_traces(getattr(streaming, name), n))
+      yield
+
+  return limit

@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.convert_torch and launch/convert_checkpoint.py.
+"""Tests of hcmtfg.convert_torch, checkpoint_io's converted checkpoints and the CLI.
 
 State dicts are built from numpy arrays shaped as the release's checkpoints
 (release_state_dict_keys.txt), so most tests need no torch; numerical parity
@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+from hcmtfg import checkpoint_io
 from hcmtfg import convert_torch
 from hcmtfg import models
 from hcmtfg.errors import InputError
@@ -259,21 +260,21 @@ def test_orbax_round_trip(tmp_path):
       lambda s: rng.standard_normal(s.shape).astype(np.float32),
       jax.eval_shape(lambda: module.init({"params": jax.random.key(0)},
                                          *module.dummy_inputs(), train=False)))
-  written = convert_torch.save_converted(tmp_path, "vgnet", variables,
+  written = checkpoint_io.save_converted(tmp_path, "vgnet", variables,
                                          module.to_config())
   assert written == tmp_path / "vgnet" and written.is_dir()
-  restored, config = convert_torch.load_converted(tmp_path, "vgnet")
+  restored, config = checkpoint_io.load_converted(tmp_path, "vgnet")
   assert models.VGNet.from_config(config) == module
   assert jax.tree.structure(restored) == jax.tree.structure(variables)
   jax.tree.map(np.testing.assert_array_equal, restored, variables)
   # Saving again replaces the checkpoint.
   variables["params"]["landmark_encoder"]["bias"] += 1.0
-  convert_torch.save_converted(tmp_path, "vgnet", variables, config)
-  restored, _ = convert_torch.load_converted(tmp_path, "vgnet")
+  checkpoint_io.save_converted(tmp_path, "vgnet", variables, config)
+  restored, _ = checkpoint_io.load_converted(tmp_path, "vgnet")
   np.testing.assert_array_equal(restored["params"]["landmark_encoder"]["bias"],
                                 variables["params"]["landmark_encoder"]["bias"])
   with pytest.raises(InputError, match="not a converted checkpoint"):
-    convert_torch.load_converted(tmp_path, "atnet")
+    checkpoint_io.load_converted(tmp_path, "atnet")
 
 
 def _run_cli(*args):
@@ -299,7 +300,7 @@ def test_cli_converts(release_shapes, torch, tmp_path):
   result = _run_cli(f"--atnet_pth={tmp_path / 'atnet.pth'}",
                     f"--output_dir={out}")
   assert result.returncode == 0, result.stderr
-  variables, config = convert_torch.load_converted(out, "atnet")
+  variables, config = checkpoint_io.load_converted(out, "atnet")
   assert config == models.ATNet().to_config()
   np.testing.assert_array_equal(variables["params"]["lstm_fc"]["bias"],
                                 sd["module.lstm_fc.0.bias"].numpy())
@@ -320,7 +321,7 @@ def test_cli_from_another_directory_with_relative_and_home_paths(
                         PYTHONPATH=str(conftest.REPO_ROOT)),
       capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  variables, _ = convert_torch.load_converted(cwd / "converted out", "atnet")
+  variables, _ = checkpoint_io.load_converted(cwd / "converted out", "atnet")
   np.testing.assert_array_equal(variables["params"]["lstm_fc"]["bias"],
                                 sd["module.lstm_fc.0.bias"].numpy())
   assert os.listdir(cwd) == ["converted out"]
@@ -328,7 +329,7 @@ def test_cli_from_another_directory_with_relative_and_home_paths(
   monkeypatch.chdir(cwd)
   monkeypatch.setenv("HOME", str(home))
   for directory in ("converted out", "~/../my work/converted out"):
-    loaded, _ = convert_torch.load_converted(directory, "atnet")
+    loaded, _ = checkpoint_io.load_converted(directory, "atnet")
     jax.tree.map(np.testing.assert_array_equal, loaded, variables)
 
 

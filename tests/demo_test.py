@@ -19,8 +19,9 @@ import cv2
 import pytest
 import soundfile
 
+# The demo's speech (the test's name for the module it came from).
+from data_pipelines.synthetic import sentence as demo_media
 from hcmtfg import video as video_lib
-from launch import demo_media
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

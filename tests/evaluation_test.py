@@ -1,4 +1,4 @@
-"""Tests of batch evaluation (hcmtfg/evaluation.py, launch/evaluate.py).
+"""Tests of batch evaluation (hcmtfg/evaluation.py, hcmtfg/evaluation_report.py).
 
 The tiny synthetic dataset (10 clips) is the one the dataset and launcher tests
 share under pytest's base temp dir. The networks are tiny (32x32 frames) with
@@ -23,13 +23,13 @@ import pytest
 from data_pipelines import build
 from hcmtfg import audio as audio_lib
 from hcmtfg import evaluation
+from hcmtfg import evaluation_report as cli
 from hcmtfg import generate
 from hcmtfg import input_pipeline
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import models
 from hcmtfg import mouth_metrics
 from hcmtfg.errors import InputError
-from launch import evaluate as cli
 from tests import generate_test
 
 NUM_CLIPS = 10  # as datasets_test.py / launch_train_test.py: one shared build
@@ -50,7 +50,7 @@ def tiny_data(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def builder(tiny_data):
-  return cli.load_builder("synthetic_talking_faces", str(tiny_data), "tiny")
+  return build.load_builder("synthetic_talking_faces", str(tiny_data), "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -241,8 +241,8 @@ def test_evaluate_cli_writes_table_and_finite_metrics(workdirs, tiny_data,
   out = tmp_path / "eval"
   before = evaluation._vgnet_chunk._cache_size()
   results = cli.run(str(workdirs[0]), str(workdirs[1]), str(out),
-                    split="train", max_clips=4, batch_size=3, chunk_frames=8,
-                    progress=False)
+                    load_builder=build.load_builder, split="train",
+                    max_clips=4, batch_size=3, chunk_frames=8, progress=False)
   # 2 batches (the last one padded), 4 chunks each, 2 paths: compiled once
   # (by the previous test already, when it ran).
   assert evaluation._vgnet_chunk._cache_size() - before <= 1
@@ -297,6 +297,7 @@ def test_evaluate_cli_writes_table_and_finite_metrics(workdirs, tiny_data,
 def test_evaluate_cli_missing_dataset_names_build_command(workdirs, tmp_path):
   with pytest.raises(cli.InputError, match="data_pipelines.build"):
     cli.run(str(workdirs[0]), str(workdirs[1]), str(tmp_path / "e"),
+            load_builder=build.load_builder,
             dataset="synthetic_talking_faces", data_dir=str(tmp_path / "none"),
             config="tiny", progress=False)
 
@@ -314,6 +315,7 @@ def test_evaluate_from_another_directory(workdirs, tiny_data, tmp_path,
   monkeypatch.setenv("HOME", str(home))
   monkeypatch.chdir(cwd)
   cli.run("runs/atnet run", "runs/vgnet run", "eval out",
+          load_builder=build.load_builder,
           dataset="synthetic_talking_faces", data_dir="~/data sets",
           config="tiny", split="train", max_clips=1, batch_size=3,
           chunk_frames=8, threads=1, progress=False)

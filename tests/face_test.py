@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.face: image loading, detection, 68 landmarks, tracking."""
+"""Tests of hcmtfg.face: detection, 68 landmarks, tracking (of loaded photos)."""
 
 import logging
 import subprocess
@@ -11,6 +11,7 @@ import pytest
 from skimage import data as sk_data
 
 from hcmtfg import face
+from hcmtfg import image_io
 from hcmtfg.errors import InputError
 
 
@@ -54,7 +55,7 @@ def test_every_photo_has_a_plausible_face(analyzer, shared_data):
   paths = sorted((shared_data / "faces").glob("*.jpg"))
   assert len(paths) == 10
   for path in paths:
-    image = face.load_image(path)
+    image = image_io.load_image(path)
     box, lm = analyzer.detect_landmarks(image, source=path)
     assert lm.shape == (68, 2) and lm.dtype == np.float32
     h, w = image.shape[:2]
@@ -73,8 +74,8 @@ def test_every_photo_has_a_plausible_face(analyzer, shared_data):
 
 def test_largest_of_two_faces_is_chosen_and_logged(analyzer, shared_data,
                                                   caplog):
-  big = face.load_image(shared_data / "faces" / "obama.jpg")  # 640x360
-  small = cv2.resize(face.load_image(shared_data / "faces" / "test1.jpg"),
+  big = image_io.load_image(shared_data / "faces" / "obama.jpg")  # 640x360
+  small = cv2.resize(image_io.load_image(shared_data / "faces" / "test1.jpg"),
                      None, fx=0.9, fy=0.9, interpolation=cv2.INTER_AREA)
   canvas = np.full((400, 960, 3), 128, np.uint8)
   canvas[:360, :640] = big
@@ -98,7 +99,7 @@ def test_no_face_raises(analyzer, kind):
 
 
 def test_image_formats_convert_to_rgb_uint8(analyzer, shared_data, tmp_path):
-  rgb = face.load_image(shared_data / "faces" / "EzraMiller_00075.jpg")
+  rgb = image_io.load_image(shared_data / "faces" / "EzraMiller_00075.jpg")
   gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
   expected = analyzer.detect_landmarks(gray).landmarks
   files = {
@@ -112,26 +113,12 @@ def test_image_formats_convert_to_rgb_uint8(analyzer, shared_data, tmp_path):
   }
   for name, write in files.items():
     write(tmp_path / name)
-    image = face.load_image(tmp_path / name)
+    image = image_io.load_image(tmp_path / name)
     assert image.shape == rgb.shape and image.dtype == np.uint8, name
     luma = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(int)
     assert np.abs(luma - gray).mean() < 1.5, name
     lm = analyzer.detect_landmarks(image).landmarks
     assert np.abs(lm - expected).mean() < 1.0, name
-
-
-def test_bad_files_raise_input_error(shared_data, tmp_path):
-  with pytest.raises(InputError, match="not found"):
-    face.load_image(tmp_path / "missing.jpg")
-  text = tmp_path / "notes.jpg"
-  text.write_text("this is not a picture\n" * 20)
-  with pytest.raises(InputError, match="notes.jpg: not an image"):
-    face.load_image(text)
-  good = (shared_data / "faces" / "test14.jpg").read_bytes()
-  corrupt = tmp_path / "corrupt.jpg"
-  corrupt.write_bytes(good[:len(good) // 2])
-  with pytest.raises(InputError, match="corrupt.jpg: corrupt or truncated"):
-    face.load_image(corrupt)
 
 
 def test_tracking_matches_detection_with_fewer_detector_calls(

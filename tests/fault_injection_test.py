@@ -386,7 +386,7 @@ def test_training_survives_kills_corruption_a_second_trainer_and_full_disk(
   with pytest.raises(locking.WorkdirLockedError,
                      match=rf'another trainer is using this workdir \(pid '
                      rf'{first.proc.pid} on host '):
-    training.train(config, workdir)
+    training.train(config, workdir, build.prepare_dataset(config.data))
   first.proc.send_signal(signal.SIGKILL)
   assert first.wait()[0] == -signal.SIGKILL
   events.append(f'external SIGKILL in step {n}')
@@ -533,7 +533,7 @@ def generation_setup(tmp_path_factory, shared_data):
 def test_batch_generation_killed_then_rerun_skips_finished_videos(
     generation_setup, capsys):
   from hcmtfg import video as video_lib  # pylint: disable=g-import-not-at-top
-  from launch import generate as cli  # pylint: disable=g-import-not-at-top
+  from hcmtfg import batch_generate as cli  # pylint: disable=g-import-not-at-top
   root = generation_setup
   out = root / 'out'
   n = random.Random(SEED).randint(2, 3)  # killed while writing video n

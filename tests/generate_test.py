@@ -1,5 +1,6 @@
 """Tests of the generation path (hcmtfg.generate, streaming, compose, checkpoint_io)
-and its command line (launch/generate.py), with tiny random networks.
+and batch generation (hcmtfg.batch_generate, which launch.generate runs), with
+tiny random networks.
 
 The networks are tiny (32x32 frames) and their weights random, drawn at a scale
 that keeps activations alive (the release's N(0, 0.02) init makes every frame
@@ -22,10 +23,10 @@ import pytest
 import soundfile
 
 from hcmtfg import audio as audio_lib
+from hcmtfg import batch_generate as cli
 from hcmtfg import checkpoint_io
 from hcmtfg import checkpointing
 from hcmtfg import compose
-from hcmtfg import convert_torch
 from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import models
@@ -33,7 +34,6 @@ from hcmtfg import streaming
 from hcmtfg import train_state as ts
 from hcmtfg import video as video_lib
 from hcmtfg.errors import InputError
-from launch import generate as cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ATNET = dict(base_width=4, lmark_features=[8, 16], audio_features=[32, 8],
@@ -96,9 +96,9 @@ def nets(tmp_path_factory, shared_data):
   write_training_workdir(root / "vgnet", "vgnet", vg_vars,
                          {"seed": 0, "model": {"generator": VGNET,
                                                "discriminator": {}}})
-  convert_torch.save_converted(root / "converted", "atnet", at_vars,
+  checkpoint_io.save_converted(root / "converted", "atnet", at_vars,
                                atnet.to_config())
-  convert_torch.save_converted(root / "converted", "vgnet", vg_vars,
+  checkpoint_io.save_converted(root / "converted", "vgnet", vg_vars,
                                vgnet.to_config())
   return {"root": root, "atnet": atnet, "vgnet": vgnet, "at_vars": at_vars,
           "vg_vars": vg_vars, "pca": pca}
@@ -282,17 +282,20 @@ def test_cli_reports_a_mismatched_checkpoint(nets, media, tmp_path, capsys):
 # ----------------------------------------------------------------------------
 
 
-def test_chunked_generation_equals_one_pass(generator, analyzer, media):
+def test_chunked_generation_equals_one_pass(generator, analyzer, media,
+                                             max_chunk_traces):
   photo = generate.prepare_photo(media["obama"], analyzer, image_size=32)
   speech = audio_lib.load_audio(media["speech"])  # 1 s: 25 frames
-  before = dict(generate.TRACE_COUNTS)
-  chunked = generate.generate(generator, photo, speech, chunk_frames=7,
-                              intermediates=True)
-  assert chunked.frames.shape == (25, 32, 32, 3) and chunked.frames.dtype == np.uint8
-  # Another length, same chunk size: nothing is compiled again.
-  generate.generate(generator, photo, speech[:9000], chunk_frames=7)
-  for name in ("atnet", "vgnet"):
-    assert generate.TRACE_COUNTS[name] - before.get(name, 0) <= 1
+  with max_chunk_traces(1):  # each step compiled at most once for chunks of 7
+    chunked = generate.generate(generator, photo, speech, chunk_frames=7,
+                                intermediates=True)
+    assert chunked.frames.shape == (25, 32, 32, 3) and chunked.frames.dtype == np.uint8
+    # Another length, same chunk size: nothing is compiled again.
+    generate.generate(generator, photo, speech[:9000], chunk_frames=7)
+  # The check is live: a new chunk size has to compile, so it fails.
+  with pytest.raises(AssertionError, match="traced > 0 times"):
+    with max_chunk_traces(0):
+      generate.generate(generator, photo, speech[:9000], chunk_frames=5)
 
   # The modules' own forward over the whole sequence at once.
   _, windows = audio_lib.speech_features(speech)
@@ -475,7 +478,8 @@ def test_single_inputs_that_work(nets, media, tmp_path, caplog):
     _check_video(output, media[key], (32, 32))
   # Two faces: the larger one is used and the choice is logged.
   from hcmtfg import face  # pylint: disable=g-import-not-at-top
-  big = face.load_image(media["about"])
+  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
+  big = image_io.load_image(media["about"])
   small = np.zeros_like(big)
   small[64:192, 64:192] = big[::2, ::2]
   two_faces = np.concatenate([small, big], axis=1)

@@ -1,7 +1,7 @@
 """Tests of hcmtfg.init_from: fresh runs start from converted weights.
 
 Tiny networks (the configs' `tiny` variants) with random, perturbed variables
-are saved with `convert_torch.save_converted`, exactly as
+are saved with `checkpoint_io.save_converted`, exactly as
 `launch.convert_checkpoint` writes release weights.
 """
 
@@ -11,14 +11,13 @@ import pytest
 
 from configs import atnet
 from configs import vgnet
-from hcmtfg import convert_torch
+from hcmtfg import atnet_steps
+from hcmtfg import checkpoint_io
 from hcmtfg import init_from
 from hcmtfg import sharding
-from hcmtfg import train_atnet
-from hcmtfg import train_vgnet
+from hcmtfg import train_state as ts
+from hcmtfg import vgnet_steps
 from hcmtfg.errors import InputError
-
-FAST = {'xla_backend_optimization_level': 0}
 
 
 def perturbed(net, seed: int) -> dict:
@@ -47,19 +46,19 @@ def assert_trees_equal(actual, expected):
 def initialisers(trainer, config):
   mesh = sharding.make_mesh()
   base = trainer.make_init_fn(config, jax.random.PRNGKey(config.seed), mesh,
-                              compiler_options=FAST)
+                              compiler_options=ts.FAST_COMPILE_OPTIONS)
   return base, init_from.maybe_wrap(base, config, mesh), mesh
 
 
 def test_atnet_starts_from_converted_weights(tmp_path):
   config = atnet.get_config('tiny')
   config.init_from = str(tmp_path)
-  base, wrapped, mesh = initialisers(train_atnet, config)
+  base, wrapped, mesh = initialisers(atnet_steps, config)
   assert isinstance(wrapped, init_from.InitFrom)
   fresh = base()
   variables = perturbed(fresh.g, seed=7)
-  convert_torch.save_converted(tmp_path, 'atnet', variables,
-                               train_atnet.build_model(config).to_config())
+  checkpoint_io.save_converted(tmp_path, 'atnet', variables,
+                               atnet_steps.build_model(config).to_config())
 
   state = wrapped()
   assert_trees_equal(state.g.params, variables['params'])
@@ -79,7 +78,7 @@ def test_atnet_starts_from_converted_weights(tmp_path):
   first = sorted(bad['params'])[0]
   del bad['params'][first]
   bad['params']['extra_layer'] = {'kernel': np.zeros((2, 2), np.float32)}
-  convert_torch.save_converted(tmp_path / 'bad', 'atnet', bad, {})
+  checkpoint_io.save_converted(tmp_path / 'bad', 'atnet', bad, {})
   config.init_from = str(tmp_path / 'bad')
   with pytest.raises(InputError, match='does not fit') as info:
     init_from.maybe_wrap(base, config, mesh)()
@@ -92,12 +91,12 @@ def test_atnet_starts_from_converted_weights(tmp_path):
 def test_vgnet_takes_generator_and_optional_discriminator(tmp_path):
   config = vgnet.get_config('tiny')
   config.init_from = str(tmp_path)
-  base, wrapped, _ = initialisers(train_vgnet, config)
+  base, wrapped, _ = initialisers(vgnet_steps, config)
   fresh = base()
   g_vars = perturbed(fresh.g, seed=3)
-  convert_torch.save_converted(
+  checkpoint_io.save_converted(
       tmp_path, 'vgnet', g_vars,
-      train_vgnet.build_generator(config).to_config())
+      vgnet_steps.build_generator(config).to_config())
   state = wrapped()
   assert_trees_equal(state.g.params, g_vars['params'])
   assert_trees_equal(state.g.batch_stats, g_vars['batch_stats'])
@@ -105,9 +104,9 @@ def test_vgnet_takes_generator_and_optional_discriminator(tmp_path):
   assert_trees_equal(state.d.params, jax.device_get(fresh.d.params))
 
   d_vars = perturbed(fresh.d, seed=4)
-  convert_torch.save_converted(
+  checkpoint_io.save_converted(
       tmp_path, 'discriminator', d_vars,
-      train_vgnet.build_discriminator(config).to_config())
+      vgnet_steps.build_discriminator(config).to_config())
   state = wrapped()
   assert_trees_equal(state.d.params, d_vars['params'])
   assert_trees_equal(state.g.params, g_vars['params'])
@@ -116,7 +115,7 @@ def test_vgnet_takes_generator_and_optional_discriminator(tmp_path):
 def test_shape_mismatch_and_missing_directories(tmp_path):
   config = atnet.get_config('tiny')
   mesh = sharding.make_mesh()
-  abstract = train_atnet.make_init_fn(config, jax.random.PRNGKey(0),
+  abstract = atnet_steps.make_init_fn(config, jax.random.PRNGKey(0),
                                       mesh).eval_shape()
   variables = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype),
                            {'params': abstract.g.params,

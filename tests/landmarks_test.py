@@ -8,6 +8,7 @@ from scipy.spatial import procrustes as scipy_procrustes
 
 from hcmtfg import align
 from hcmtfg import face
+from hcmtfg import image_io
 from hcmtfg import landmarks
 from hcmtfg.errors import InputError
 
@@ -80,11 +81,11 @@ def crop_landmarks(shared_data, basics):
   templates = align.load_release_templates(basics)
   ours, golden = [], []
   for name in GOLDEN_FACES:
-    image = face.load_image(shared_data / "faces" / f"{name}.jpg")
+    image = image_io.load_image(shared_data / "faces" / f"{name}.jpg")
     found = analyzer.detect_landmarks(image)
     crop = align.align_face(image, found.landmarks, found.box, templates).crop
     ours.append(analyzer.detect_landmarks(crop).landmarks)
-    region = face.load_image(shared_data / "atvgnet_golden" /
+    region = image_io.load_image(shared_data / "atvgnet_golden" /
                              f"{name}_region.jpg")
     golden.append(analyzer.detect_landmarks(region).landmarks)
   return np.stack(ours), np.stack(golden)
@@ -175,14 +176,6 @@ def test_release_normalise_on_a_clip(shape_model):
               s_matrix @ offset)
     np.testing.assert_allclose(ours[i], params @ s_matrix + ms_norm, atol=1e-12)
   assert np.abs(ours[0] - ours[-1]).max() > 1e-3
-
-
-def test_mouth_weight_mask():
-  mask = landmarks.mouth_weight_mask()
-  assert mask.shape == (136,)
-  heavy = np.flatnonzero(mask == 100.0)
-  np.testing.assert_array_equal(heavy, np.arange(97, 136, 2))
-  assert np.all(mask[np.setdiff1d(np.arange(136), heavy)] == 1.0)
 
 
 def test_pca_round_trip_and_save_load(tmp_path):

@@ -24,7 +24,6 @@ from hcmtfg import checkpoint_io
 from hcmtfg import evaluation
 from hcmtfg import input_pipeline
 from hcmtfg import landmarks as landmarks_lib
-from hcmtfg import training
 from hcmtfg import workdir as workdir_lib
 from hcmtfg.errors import InputError
 from tests import mutations
@@ -334,7 +333,7 @@ def test_missing_dataset_says_how_to_build_it(tmp_path):
   config.data.data_dir = str(tmp_path / 'tfds')
   with pytest.raises(InputError, match='python -m data_pipelines.build '
                      '--dataset=lrw') as info:
-    training.prepare_dataset(config.data)
+    build.prepare_dataset(config.data)
   assert '--manual_dir=' in str(info.value)
 
 

@@ -25,7 +25,6 @@ from configs import vgnet as vgnet_configs
 from data_pipelines import build
 from hcmtfg import checkpoint_io
 from hcmtfg import checkpointing
-from hcmtfg import convert_torch
 from hcmtfg import learning_study
 from hcmtfg import models
 from hcmtfg import train_state as ts
@@ -119,7 +118,7 @@ def test_checkpoint_io_reads_a_given_step(tmp_path):
         kernel, saved[step or 4]["params"]["generator_color"]["kernel"])
   with pytest.raises(InputError, match=r"no checkpoint of step 3 \(saved: 2, 4\)"):
     checkpoint_io.load_network(tmp_path, "vgnet", step=3)
-  convert_torch.save_converted(tmp_path / "converted", "vgnet", saved[2],
+  checkpoint_io.save_converted(tmp_path / "converted", "vgnet", saved[2],
                                module.to_config())
   assert checkpoint_io.load_network(tmp_path / "converted", "vgnet").step is None
   with pytest.raises(InputError, match="converted checkpoint: it has no "
@@ -290,7 +289,8 @@ def test_study_end_to_end_and_resume(tmp_path, tiny_data):
   config.loss.fused_gan_step = True
   config.loss.warmup_steps = 0
   said = []
-  learning_study.run(config, str(out), variants=E2E_VARIANTS, steps=2,
+  learning_study.run(config, str(out), prepare_dataset=build.prepare_dataset,
+                     variants=E2E_VARIANTS, steps=2,
                      eval_every=1, data_dir=str(tiny_data), split="train",
                      max_clips=2, command="again", say=said.append)
   assert said == [f"[{v}] trained to step 2" for v in E2E_VARIANTS]
@@ -299,6 +299,7 @@ def test_study_end_to_end_and_resume(tmp_path, tiny_data):
   assert [r["command"] for r in study["runs"]][1:] == ["again"]
   assert _table_rows((out / "learning_study.md").read_text()) == rows
   with pytest.raises(InputError, match="split='train'"):  # not mixed
-    learning_study.run(config, str(out), variants=E2E_VARIANTS, steps=2,
+    learning_study.run(config, str(out), prepare_dataset=build.prepare_dataset,
+                       variants=E2E_VARIANTS, steps=2,
                        eval_every=1, data_dir=str(tiny_data), split="test",
                        say=said.append)

@@ -3,6 +3,7 @@
 import cv2
 import numpy as np
 import pytest
+from skimage.metrics import peak_signal_noise_ratio
 from skimage.metrics import structural_similarity
 
 from hcmtfg import landmarks as landmarks_lib
@@ -26,8 +27,8 @@ def _bars(seed: int, size: int = 128) -> np.ndarray:
 
 def test_identical_images_conventions():
   a = _smooth_image(0)
-  assert metrics.ssim(a, a) == pytest.approx(1.0)
-  assert metrics.psnr(a, a) == np.inf
+  assert metrics.plain_ssim(a, a) == pytest.approx(1.0)
+  assert metrics.plain_psnr(a, a) == np.inf
   assert metrics.release_ssim(a, a) == pytest.approx(1.0)
   assert metrics.release_psnr(a, a) == 100.0
   assert metrics.release_psnr(a, a, uint8_wraparound=False) == 100.0
@@ -39,7 +40,7 @@ def test_psnr_of_known_gaussian_noise(sigma):
   a = _smooth_image(1).astype(np.float64)
   noisy = a + rng.normal(0, sigma, a.shape)
   expected = 20 * np.log10(255 / sigma)
-  assert metrics.psnr(a, noisy) == pytest.approx(expected, abs=0.1)
+  assert metrics.plain_psnr(a, noisy) == pytest.approx(expected, abs=0.1)
   # The release's gray 256x256 PSNR with the true MSE: noise shared by the
   # three channels of a gray image survives the luma conversion unchanged.
   gray = np.repeat(_smooth_image(2, 256)[..., :1], 3, axis=-1)
@@ -70,23 +71,31 @@ def test_release_psnr_uint8_wraparound():
   assert metrics.release_psnr(gray, noisy, uint8_wraparound=False) < 15
 
 
-@pytest.mark.parametrize("gaussian", [False, True])
-def test_ssim_equals_skimage(gaussian):
+def test_plain_ssim_and_psnr_equal_skimage():
   rng = np.random.default_rng(4)
   a = np.stack([_smooth_image(s) for s in range(3)])
   b = np.clip(a + rng.normal(0, [[[[5.0]]], [[[15.0]]], [[[30.0]]]], a.shape),
               0, 255).astype(np.uint8)
-  ours = metrics.ssim(a, b, gaussian_weights=gaussian)
+  ours = metrics.plain_ssim(a, b)
   assert ours.shape == (3,)
-  expected = [structural_similarity(x, y, channel_axis=-1, data_range=255,
-                                    gaussian_weights=gaussian) for x, y in zip(a, b)]
+  expected = [structural_similarity(x, y, channel_axis=-1, data_range=255)
+              for x, y in zip(a, b)]
   np.testing.assert_allclose(ours, expected, atol=1e-4)
   assert ours[0] > ours[1] > ours[2]  # more noise, lower SSIM
+  np.testing.assert_allclose(
+      metrics.plain_psnr(a, b),
+      [peak_signal_noise_ratio(x, y, data_range=255) for x, y in zip(a, b)],
+      rtol=1e-6)
   # Single-channel images too.
   np.testing.assert_allclose(
-      metrics.ssim(a[0, ..., :1], b[0, ..., :1], gaussian_weights=gaussian),
-      structural_similarity(a[0, ..., 0], b[0, ..., 0], data_range=255,
-                            gaussian_weights=gaussian), atol=1e-4)
+      metrics.plain_ssim(a[0, ..., :1], b[0, ..., :1]),
+      structural_similarity(a[0, ..., 0], b[0, ..., 0], data_range=255), atol=1e-4)
+  # Flat images have no (co)variance: SSIM is the luminance term alone,
+  # (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1) with C1 = (0.01 * 255)^2.
+  c1 = (0.01 * 255) ** 2
+  assert metrics.plain_ssim(np.full((16, 16, 3), 100, np.uint8),
+                            np.full((16, 16, 3), 150, np.uint8)) == pytest.approx(
+      (2 * 100 * 150 + c1) / (100**2 + 150**2 + c1), rel=1e-9)
 
 
 def test_release_ssim_resizes_to_256_with_inter_area():
@@ -97,7 +106,7 @@ def test_release_ssim_resizes_to_256_with_inter_area():
   expected = structural_similarity(resize(a), resize(b), channel_axis=-1,
                                    data_range=255)
   assert metrics.release_ssim(a, b) == pytest.approx(expected, abs=1e-4)
-  assert metrics.release_ssim(a, b) != pytest.approx(metrics.ssim(a, b), abs=1e-3)
+  assert metrics.release_ssim(a, b) != pytest.approx(metrics.plain_ssim(a, b), abs=1e-3)
 
 
 def test_frame_metrics_keys_and_batch():
@@ -174,7 +183,8 @@ def test_cpbd_real_face_decreases_with_blur(shared_data):
 
 def test_mouth_landmarks_and_lmd_on_a_real_face(shared_data):
   from hcmtfg import face  # pylint: disable=g-import-not-at-top
-  image = face.load_image(shared_data / "faces" / "obama.jpg")
+  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
+  image = image_io.load_image(shared_data / "faces" / "obama.jpg")
   frames = np.stack([image, image[:, ::-1], np.zeros_like(image)])
   points, found = metrics.mouth_landmarks(frames, face.FaceAnalyzer())
   assert found.tolist() == [True, True, False]

@@ -484,7 +484,7 @@ def test_lstm_carried_state_equals_one_pass():
 
 
 # ----------------------------------------------------------------------------
-# The fused GAN step (hcmtfg.train_vgnet, loss.fused_gan_step): one generator
+# The fused GAN step (hcmtfg.vgnet_steps, loss.fused_gan_step): one generator
 # forward per step instead of the release's two.
 # ----------------------------------------------------------------------------
 
@@ -534,7 +534,7 @@ def box_level(target_lmark):
 def gan_steps():
   """Initial GAN state, a batch, and jitted steps (two-forward and fused)."""
   from hcmtfg import sharding  # pylint: disable=g-import-not-at-top
-  from hcmtfg import train_vgnet  # pylint: disable=g-import-not-at-top
+  from hcmtfg import vgnet_steps  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(jax.devices()[:1])
   rs = np.random.RandomState(0)
   image = rs.uniform(-1, 1, (2, 32, 32, 3))
@@ -556,8 +556,8 @@ def gan_steps():
   steps = {}
   for fused in (False, True):
     config = _gan_config(fused, learning_rate=3e-3)
-    steps[fused] = train_vgnet.jit_train_step(config, mesh)
-  state = train_vgnet.make_init_fn(_gan_config(False, 3e-3),
+    steps[fused] = vgnet_steps.jit_train_step(config, mesh)
+  state = vgnet_steps.make_init_fn(_gan_config(False, 3e-3),
                                    jax.random.PRNGKey(0), mesh)()
   return jax.device_get(state), batch, steps, mesh
 
@@ -592,7 +592,7 @@ def test_fused_gan_step_trains(gan_steps):
   """Fused GAN steps learn the landmark-driven box; the example image repeated
   (the baseline) and the trained generator fed still landmarks (a generator
   that ignores its targets) do not."""
-  from hcmtfg import train_vgnet  # pylint: disable=g-import-not-at-top
+  from hcmtfg import vgnet_steps  # pylint: disable=g-import-not-at-top
   state, batch, steps, mesh = gan_steps
   state = jax.device_put(state, jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec()))
@@ -602,7 +602,7 @@ def test_fused_gan_step_trains(gan_steps):
   host = {k: np.asarray(v) for k, v in batch.items()}
 
   def box_error(target_lmark):
-    out = train_vgnet.build_generator(_gan_config(True)).apply(
+    out = vgnet_steps.build_generator(_gan_config(True)).apply(
         state.g.variables(None, None, train=False), host["example_image"],
         target_lmark, host["example_lmark"], train=False)
     box = np.asarray(out.frames)[:, :, BOX, BOX].mean(axis=(2, 3, 4))

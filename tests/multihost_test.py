@@ -47,8 +47,8 @@ _DRIVER = textwrap.dedent('''
       return tfds.even_splits(split, n=part[1])[part[0]]
 
 
-    def train_and_dump(config, workdir, *, train, dump_path):
-      state = train(config, workdir)
+    def train_and_dump(config, workdir, *args, train, dump_path):
+      state = train(config, workdir, *args)
       params = jax.tree.map(np.asarray, jax.device_get(state.g.params))
       np.savez(dump_path, step=int(jax.device_get(state.step)),
                process_count=jax.process_count(),

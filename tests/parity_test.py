@@ -2,9 +2,11 @@
 
 For AT-net, VG-net (both ConvGRU modes) and the discriminator, at the release's
 full size with B=2 clips of T=16 frames:
-  1. build the PyTorch declaration (tests/release_torch.py) and randomise every
-     tensor, BatchNorm running statistics included (ATVGNET_SPEC.md §10), with
-     scales that keep activations alive (asserted: outputs not saturated);
+  1. build the PyTorch declaration (benchmarks/release_torch.py) and randomise
+     every tensor, BatchNorm running statistics included (with default buffers
+     BatchNorm is nearly the identity in eval mode and swapped BatchNorm
+     tensors would pass unnoticed), with scales that keep activations alive
+     (asserted: outputs not saturated);
   2. convert its state_dict with `hcmtfg.convert_torch`;
   3. run both on the same random inputs, in eval mode and in train mode with
      dropout off (BatchNorm on batch statistics), and require
@@ -53,7 +55,7 @@ def randomize_(torch, model, seed: int) -> None:
   N(0, 0.1^2), running_var U(0.5, 1.5). LSTM / ConvGRU weights N(0, 1 / fan_in),
   biases N(0, 0.1^2).
   """
-  import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
   nn = torch.nn
   gen = torch.Generator().manual_seed(seed)
 
@@ -233,7 +235,7 @@ def add_running_stats(cmp: Comparison, case: Case, flax_batch_stats: dict,
 
 @pytest.fixture(scope='module')
 def atnet_case(torch):
-  import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
   gen = torch.Generator().manual_seed(SEED + 1)
   coef = torch.randn(B, 6, generator=gen)
   mfcc = torch.randn(B, T, 28, 12, generator=gen) * 2.0
@@ -285,7 +287,7 @@ def test_parity_check_detects_a_wrong_batchnorm_buffer(torch, atnet_case):
 def vgnet_case(torch, over_batch_axis: bool, image_size: int = 128,
                base_width: int = 64, num_res_blocks: int = 9) -> Case:
   """VG-net with dropout off; the default sizes are the release's."""
-  import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
   gen = torch.Generator().manual_seed(SEED + 3)
   image = torch.rand(B, 3, image_size, image_size, generator=gen) * 2 - 1
   target = torch.randn(B, T, 136, generator=gen) * 0.5
@@ -356,7 +358,7 @@ def test_vgnet_small_config_parity(torch, train):
 
 @pytest.fixture(scope='module')
 def discriminator_case(torch):
-  import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
   gen = torch.Generator().manual_seed(SEED + 5)
   frames = torch.rand(B, T, 3, 128, 128, generator=gen) * 2 - 1
   example = torch.randn(B, 136, generator=gen) * 0.5

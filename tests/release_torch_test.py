@@ -1,7 +1,9 @@
-"""Checks that tests/release_torch.py declares the release networks exactly.
+"""Checks that benchmarks/release_torch.py declares the release networks exactly.
 
-The key/shape list of the release checkpoints lives beside the spec, in
-../shared/design/release_state_dict_keys.txt; parameter counts are the spec's.
+The key/shape list of the release checkpoints is reference data outside the
+repository (`release_state_dict_keys.txt` in the `design` folder beside the
+shared data; see `release_keys`); the parameter counts are those measured on
+the release's own module definitions.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def test_key_list_has_the_three_networks(release_keys):
 
 @pytest.mark.parametrize('section', list(NETWORKS))
 def test_state_dict_matches_release(torch, release_keys, section):
-  import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
   builder, num_params = NETWORKS[section]
   model = getattr(release_torch, builder)()
   got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -64,7 +66,7 @@ def test_state_dict_matches_release(torch, release_keys, section):
 
 
 def test_discriminator_decoder_is_unused(torch):
-  import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
   model = release_torch.DiscriminatorTorch(image_size=32, base_width=8).eval()
   decoder_params = sum(p.numel() for p in model.decoder.parameters())
   assert decoder_params == UNUSED_DECODER_PARAMS
@@ -79,7 +81,7 @@ def test_discriminator_decoder_is_unused(torch):
 
 def test_convgru_modes_differ_only_in_recurrence_axis(torch):
   """Release mode recurs over axis 0; paper mode over axis 1 (time)."""
-  import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   release = release_torch.ConvGRU(4, 6, over_batch_axis=True)
   paper = release_torch.ConvGRU(4, 6, over_batch_axis=False)
@@ -103,7 +105,7 @@ def test_convgru_modes_differ_only_in_recurrence_axis(torch):
 
 def test_convgru_matches_a_hand_written_step(torch):
   """One step from a zero state: h' = (1 - z) * n, gates from the input conv."""
-  import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(1)
   gru = release_torch.ConvGRU(2, 3, over_batch_axis=False)
   x = torch.randn(1, 1, 2, 7, 7)

@@ -6,6 +6,7 @@ are shared through module-scoped fixtures to keep compile time down.
 """
 
 import os
+import pathlib
 import signal
 
 import jax
@@ -13,14 +14,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from skimage import metrics as skimage_metrics
 
+from configs import atnet as atnet_configs
+from data_pipelines import build
+from hcmtfg import atnet_steps
 from hcmtfg import checkpointing
+from hcmtfg import image_metrics
 from hcmtfg import paths
+from hcmtfg import preemption as preemption_lib
 from hcmtfg import sharding
-from hcmtfg import train_atnet
+from hcmtfg import summaries
 from hcmtfg import train_state as ts
-from hcmtfg import train_vgnet
+from hcmtfg import training
+from hcmtfg import vgnet_steps
 from tests import mutations
 
 C = ml_collections.ConfigDict
@@ -38,8 +44,8 @@ VG_REGRESSION_KEYS = {'train/d_lmark', 'train/g_lmark', 'train/d_lmark_real',
 
 
 def _loop_fields(c: C) -> C:
-  # Used by train_and_evaluate; equal configs share compiled steps, so the
-  # tests that drive the loop directly use the same config.
+  # The loop's fields, as the trainer reads them; equal configs share compiled
+  # steps, so every test that drives the loop uses the same config.
   c.num_train_steps = 2
   c.log_every_steps = 1
   c.eval_every_steps = 2
@@ -226,10 +232,10 @@ def test_sharding_helpers(mesh8, monkeypatch):
 def atnet_setup(mesh8):
   """(config, init_fn, jitted train step) on 8 devices, compiled once."""
   config = atnet_config()
-  init_fn = train_atnet.make_init_fn(config, jax.random.PRNGKey(0), mesh8)
+  init_fn = atnet_steps.make_init_fn(config, jax.random.PRNGKey(0), mesh8)
   with pytest.MonkeyPatch.context() as mp:
-    counter = TraceCounter(mp, train_atnet)
-    step_fn = train_atnet.jit_train_step(config, mesh8)
+    counter = TraceCounter(mp, atnet_steps)
+    step_fn = atnet_steps.jit_train_step(config, mesh8)
     yield config, init_fn, step_fn, counter
 
 
@@ -265,9 +271,9 @@ def test_atnet_steps_compile_once_and_learn(atnet_setup, mesh8, hearing,
   config, init_fn, step_fn, counter = atnet_setup
   if hearing == 'deaf':
     for name in ('train_step', 'eval_step'):
-      monkeypatch.setattr(train_atnet, name,
-                          mutations.deafen(getattr(train_atnet, name)))
-    step_fn = train_atnet.jit_train_step(config, mesh8)
+      monkeypatch.setattr(atnet_steps, name,
+                          mutations.deafen(getattr(atnet_steps, name)))
+    step_fn = atnet_steps.jit_train_step(config, mesh8)
   state = init_fn()
   assert state.d is None and int(state.step) == 0
   train_metrics, targets = [], []
@@ -285,7 +291,7 @@ def test_atnet_steps_compile_once_and_learn(atnet_setup, mesh8, hearing,
   if hearing == 'as_built':
     assert counter.count == 1  # Traced once, on the first step.
 
-  eval_fn = train_atnet.jit_eval_step(config, mesh8)
+  eval_fn = atnet_steps.jit_eval_step(config, mesh8)
   train_mean = np.mean(targets, axis=(0, 1, 2))
   mse, baselines = [], {'copy the example': [], 'train-set mean': []}
   for index in HELD_OUT:
@@ -338,8 +344,8 @@ def jit_atnet_predict(config):
   them (inputs and parameters cast to `config.compute_dtype`)."""
 
   def predict(state, batch):
-    pred, _ = train_atnet._forward(  # pylint: disable=protected-access
-        train_atnet.build_model(config), state.g, None, batch,
+    pred, _ = atnet_steps._forward(  # pylint: disable=protected-access
+        atnet_steps.build_model(config), state.g, None, batch,
         ts.compute_dtype(config), train=True)
     return pred
 
@@ -357,9 +363,9 @@ def test_atnet_sharded_step_matches_single_device_and_bfloat16_is_close(
   host_state = host_copy(state8)
   state1 = to_mesh(host_state, mesh1)
   assert len(state1.g.params['lstm_fc']['kernel'].sharding.device_set) == 1
-  step1 = train_atnet.jit_train_step(config, mesh1)
+  step1 = atnet_steps.jit_train_step(config, mesh1)
   bf16_config = atnet_config(compute_dtype='bfloat16')
-  bf16_step = train_atnet.jit_train_step(bf16_config, mesh1)
+  bf16_step = atnet_steps.jit_train_step(bf16_config, mesh1)
   state_bf16 = to_mesh(host_state, mesh1)
   for i in range(2):
     state8, m8 = step_fn(state8, on(mesh8, atnet_batch(i)))
@@ -393,10 +399,10 @@ def run_loop(setup, mesh, workdir, num_steps, *, position=None, state=None,
     state, position = checkpointing.restore_or_init(ckpt, init_fn)
   batches = Batches(atnet_batch, position, on_next)
   try:
-    state = ts.run_train_loop(state=state, train_step_fn=step_fn,
-                              train_iter=batches, mesh=mesh, checkpointer=ckpt,
-                              num_steps=num_steps, log_every=2,
-                              preemption=preemption)
+    state = training.run_train_loop(state=state, train_step_fn=step_fn,
+                                    train_iter=batches, mesh=mesh,
+                                    checkpointer=ckpt, num_steps=num_steps,
+                                    log_every=2, preemption=preemption)
   finally:
     ckpt.close()
   return state, batches
@@ -418,7 +424,7 @@ def test_resume_is_bit_exact(atnet_setup, mesh8, tmp_path, uninterrupted):
   # A fresh process state: new manager, an init from another key (so a wrong
   # restore cannot pass), and the iterator rebuilt from the saved position.
   config = atnet_config()
-  other_init = train_atnet.make_init_fn(config, jax.random.PRNGKey(123),
+  other_init = atnet_steps.make_init_fn(config, jax.random.PRNGKey(123),
                                         mesh8)
   ckpt = checkpointing.Checkpointer(tmp_path, save_interval_steps=1)
   assert ckpt.latest_step() == 2
@@ -453,7 +459,7 @@ def test_sigterm_saves_at_step_boundary_then_resumes_exactly(
       os.kill(os.getpid(), signal.SIGTERM)
 
   previous_handler = signal.getsignal(signal.SIGTERM)
-  with checkpointing.PreemptionHandler() as preemption:
+  with preemption_lib.PreemptionHandler() as preemption:
     with pytest.raises(SystemExit) as exit_info:
       run_loop(atnet_setup, mesh8, tmp_path, 4, on_next=send_sigterm,
                preemption=preemption)
@@ -485,13 +491,30 @@ def test_nan_loss_raises_naming_the_step(atnet_setup, mesh8, tmp_path):
                                7)
 
 
-def test_train_and_evaluate_runs_the_real_loop(tmp_path, mesh8):
-  config = atnet_config()  # The same config as atnet_setup: no recompiles.
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory) -> pathlib.Path:
+  """The tiny dataset the other tests share, built if none of them built it."""
+  root = tmp_path_factory.getbasetemp() / 'hcmtfg_datasets'
+  build.build_dataset('synthetic_talking_faces', root / 'tfds', config='tiny',
+                      num_clips=10, download_dir=root / 'downloads')
+  return root / 'tfds'
+
+
+def test_train_runs_the_real_loop_on_the_tiny_config(tmp_path, tiny_data,
+                                                    monkeypatch):
+  """The trainer (`training.train`) on configs/atnet.py:tiny for its 2 steps:
+  a train write at steps 1 and 2, an evaluation at step 2, checkpoints."""
+  config = atnet_configs.get_config('tiny')
+  config.data.data_dir = str(tiny_data)
   written = []
-  state = ts.train_and_evaluate(
-      train_atnet, config, tmp_path, lambda position: Batches(atnet_batch, position),
-      eval_batches=lambda: [atnet_batch(50)],
-      write_metrics=lambda step, m: written.append((step, m)))
+  write = summaries.MetricsSink.__call__
+
+  def record(sink, step, metrics):
+    written.append((step, dict(metrics)))
+    write(sink, step, metrics)
+
+  monkeypatch.setattr(summaries.MetricsSink, '__call__', record)
+  state = training.train(config, tmp_path, build.prepare_dataset(config.data))
   assert int(state.step) == 2
   assert [step for step, _ in written] == [1, 2, 2]
   assert 'train/loss' in written[1][1] and 'eval/baseline_mse' in written[2][1]
@@ -509,11 +532,11 @@ def vgnet_run(mesh1):
   device as for eight (the 8-device step is compiled only by the slow test).
   """
   config = vgnet_config()
-  init_fn = train_vgnet.make_init_fn(config, jax.random.PRNGKey(0), mesh1)
+  init_fn = vgnet_steps.make_init_fn(config, jax.random.PRNGKey(0), mesh1)
   with pytest.MonkeyPatch.context() as mp:
-    counter = TraceCounter(mp, train_vgnet)
+    counter = TraceCounter(mp, vgnet_steps)
     state = init_fn()
-    step_fn = train_vgnet.jit_train_step(config, mesh1)
+    step_fn = vgnet_steps.jit_train_step(config, mesh1)
     states, metrics = [host_copy(state)], []
     for i in range(2):
       state, m = step_fn(state, on(mesh1, vgnet_batch(i)))
@@ -529,10 +552,10 @@ def test_reconstruction_warmup_trains_g_alone_then_the_gan_takes_over(mesh1):
   the state's step, so a resumed run picks up where it was."""
   config = vgnet_config(warmup_steps=1, colour_weight=1.0,
                         mouth_pixel_weight=10.0)
-  state = train_vgnet.make_init_fn(config, jax.random.PRNGKey(0), mesh1)()
+  state = vgnet_steps.make_init_fn(config, jax.random.PRNGKey(0), mesh1)()
   before = host_copy(state)
-  step_fn = train_vgnet.jit_train_step(config, mesh1)
-  assert isinstance(step_fn, train_vgnet.WarmupThenGan)
+  step_fn = vgnet_steps.jit_train_step(config, mesh1)
+  assert isinstance(step_fn, vgnet_steps.WarmupThenGan)
   rs = np.random.RandomState(7)
   mouth = rs.uniform(8, 24, (B, T, 20, 2)).astype(np.float32)
   state, m = step_fn(state, on(mesh1, dict(vgnet_batch(0),
@@ -553,7 +576,7 @@ def test_reconstruction_warmup_trains_g_alone_then_the_gan_takes_over(mesh1):
   # The switch follows the state's step, also for a dispatcher made when a
   # run resumes (stand-in step functions record which one ran).
   calls = []
-  dispatch = lambda: train_vgnet.WarmupThenGan(
+  dispatch = lambda: vgnet_steps.WarmupThenGan(
       lambda s, b: (calls.append('warm'), s)[1],
       lambda s, b: (calls.append('gan'), s)[1], warmup_steps=2)
   fresh = dispatch()
@@ -612,7 +635,7 @@ def assert_gradients_close(mu_a, mu_b):
 @pytest.mark.slow
 def test_vgnet_sharded_step_matches_single_device(vgnet_run, mesh8):
   state = to_mesh(vgnet_run['states'][0], mesh8)
-  step8 = train_vgnet.jit_train_step(vgnet_run['config'], mesh8)
+  step8 = vgnet_steps.jit_train_step(vgnet_run['config'], mesh8)
   state, m8 = step8(state, on(mesh8, vgnet_batch(0)))
   m1 = vgnet_run['metrics'][0]
   for name in VG_TRAIN_KEYS:
@@ -656,11 +679,11 @@ def test_vgnet_eval_metrics(vgnet_run, mesh1):
   """
   config = vgnet_run['config']
   state = to_mesh(vgnet_run['states'][2], mesh1)
-  eval_fn = train_vgnet.jit_eval_step(config, mesh1)
+  eval_fn = vgnet_steps.jit_eval_step(config, mesh1)
   batch = vgnet_batch(3)
   m = jax.device_get(eval_fn(state, on(mesh1, batch)))
   assert_finite(m)
-  generator = train_vgnet.build_generator(config)
+  generator = vgnet_steps.build_generator(config)
   generate = jax.jit(
       lambda s, x: generator.apply(
           s.g.variables(None, train=False), x['example_image'],
@@ -678,26 +701,10 @@ def test_vgnet_eval_metrics(vgnet_run, mesh1):
                                np.mean(10 * np.log10(1 / mse)), rtol=1e-5,
                                err_msg=prefix + 'psnr')
     np.testing.assert_allclose(
-        m[prefix + 'ssim'], np.mean(train_vgnet.ssim(unit(pred), unit(real))),
+        m[prefix + 'ssim'],
+        np.mean(image_metrics.gaussian_ssim(unit(pred), unit(real))),
         rtol=1e-4, err_msg=prefix + 'ssim')
     assert -1 <= m[prefix + 'ssim'] <= 1 and 0 < m[prefix + 'psnr'] < 100
-
-
-def test_ssim_and_psnr_match_references():
-  rs = np.random.RandomState(0)
-  a = rs.uniform(0, 1, (2, 24, 20, 3)).astype(np.float32)
-  b = np.clip(a + 0.1 * rs.randn(*a.shape), 0, 1).astype(np.float32)
-  got = np.asarray(train_vgnet.ssim(a, b))
-  for i in range(2):
-    want = skimage_metrics.structural_similarity(
-        a[i], b[i], gaussian_weights=True, sigma=1.5,
-        use_sample_covariance=False, data_range=1.0, channel_axis=-1)
-    np.testing.assert_allclose(got[i], want, rtol=1e-4)
-  np.testing.assert_allclose(train_vgnet.ssim(a, a), 1.0, rtol=1e-6)
-  mse = np.mean((a - b) ** 2, axis=(1, 2, 3))
-  np.testing.assert_allclose(train_vgnet.psnr(a, b), 10 * np.log10(1 / mse),
-                             rtol=1e-5)
-  assert float(train_vgnet.psnr(a[0], a[0])) == 100.0
 
 
 def jit_vgnet_outputs(config):
@@ -706,8 +713,8 @@ def jit_vgnet_outputs(config):
   step does), returned as float32: {'frames', 'attention', 'colour',
   'lmark_attention', 'd_logit'}."""
   dtype = ts.compute_dtype(config)
-  generator = train_vgnet.build_generator(config)
-  discriminator = train_vgnet.build_discriminator(config)
+  generator = vgnet_steps.build_generator(config)
+  discriminator = vgnet_steps.build_discriminator(config)
 
   def outputs(state, batch):
     x = {k: v if dtype is None else v.astype(dtype) for k, v in batch.items()}
@@ -735,7 +742,7 @@ def test_vgnet_ablations_l1_loss_plain_discriminator_bfloat16(vgnet_run, mesh1):
   config.compute_dtype = 'bfloat16'
   # The plain discriminator is the regression one without its landmark head:
   # derive its initial state instead of compiling another init.
-  abstract = train_vgnet.make_init_fn(config, jax.random.PRNGKey(0),
+  abstract = vgnet_steps.make_init_fn(config, jax.random.PRNGKey(0),
                                       mesh1).eval_shape()
   assert 'lstm_fc' not in abstract.d.params
   init = vgnet_run['states'][0]
@@ -763,7 +770,7 @@ def test_vgnet_ablations_l1_loss_plain_discriminator_bfloat16(vgnet_run, mesh1):
       np.mean(1 / (1 + np.exp(-want['d_logit']))),
       vgnet_run['metrics'][0]['train/d_prob_real'], rtol=1e-5)
 
-  step_fn = train_vgnet.jit_train_step(config, mesh1)
+  step_fn = vgnet_steps.jit_train_step(config, mesh1)
   for i in range(2):
     state, m = step_fn(state, on(mesh1, vgnet_batch(i)))
     m = jax.device_get(m)

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from hcmtfg import face as face_lib
+from hcmtfg import image_io
 from hcmtfg.errors import InputError
 
 ASTRONAUT = "astronaut"  # name of the built-in identity.
@@ -94,7 +95,7 @@ def _prepare_identity(source: str) -> Identity:
     import skimage.data  # pylint: disable=g-import-not-at-top
     image, name = np.ascontiguousarray(skimage.data.astronaut()), ASTRONAUT
   else:
-    image, name = face_lib.load_image(source), pathlib.Path(source).stem
+    image, name = image_io.load_image(source), pathlib.Path(source).stem
   landmarks = _analyzer().detect_landmarks(image, source=source).landmarks
   landmarks = np.asarray(landmarks, np.float64)
   face_width = float(np.linalg.norm(landmarks[16] - landmarks[0]))

@@ -15,7 +15,6 @@ import email.parser
 import email.policy
 import math
 import os
-import subprocess
 import unicodedata
 
 import numpy as np
@@ -127,18 +126,18 @@ def read_photo(path: str, label: str, limits: Limits) -> np.ndarray:
   """
   import cv2  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from hcmtfg import face  # pylint: disable=g-import-not-at-top
+  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:  # reads the header only
       width, height = image.size
-  except Exception:  # pylint: disable=broad-except  (face.load_image names it)
+  except Exception:  # pylint: disable=broad-except  (image_io.load_image names it)
     width = height = 0
   if width * height > limits.max_photo_pixels:
     raise UploadError(400, f"{label}: the image is {width}x{height} pixels; at "
                       f"most {limits.max_photo_pixels / 1e6:.0f} megapixels "
                       "are accepted")
   try:
-    image = face.load_image(path)
+    image = image_io.load_image(path)
   except InputError as e:
     raise UploadError(400, f"{label}: {e.problem}") from e
   side = max(image.shape[:2])
@@ -167,17 +166,7 @@ def _header_duration(path: str) -> float | None:
 
 def _decode_capped(path: str, seconds: float) -> np.ndarray:
   """16 kHz mono float32 of the first `seconds` of any file ffmpeg reads."""
-  info = video_lib.probe(path)  # InputError: not media
-  if not info.has_audio:
-    raise InputError(path, "has no audio track")
-  cmd = [video_lib.ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel",
-         "error", "-i", path, "-map", "0:a:0", "-vn", "-t", f"{seconds:.3f}",
-         "-ac", "1", "-ar", str(audio_lib.SAMPLE_RATE), "-c:a", "pcm_f32le",
-         "-f", "f32le", "pipe:1"]
-  result = subprocess.run(cmd, capture_output=True, check=False)
-  if result.returncode != 0:
-    raise InputError(path, "cannot decode the audio")
-  return np.frombuffer(result.stdout, "<f4").astype(np.float32)
+  return video_lib.read_audio(path, audio_lib.SAMPLE_RATE, max_seconds=seconds)
 
 
 def read_speech(path: str, label: str, limits: Limits) -> np.ndarray:

@@ -120,7 +120,6 @@ class Server:
                      "chunk_frames": [self.runner.first_chunk_frames,
                                       self.runner.chunk_frames]},
         "compile_cache": compile_cache.STATS.snapshot(),
-        "traced_chunk_steps": dict(generate.TRACE_COUNTS),
     }
 
   def create_job(self, fields: dict[str, uploads.Field]) -> jobs_lib.Job:

@@ -1,6 +1,6 @@
-"""Shared pieces of `launch.benchmark`: options, sides, equal-weight networks.
+"""Shared pieces of `benchmarks.benchmark`: options, sides, equal-weight networks.
 
-A case (see `launch.benchmark_cases`) builds, on request, one `Side` per
+A case (see `benchmarks.benchmark_cases`) builds, on request, one `Side` per
 implementation: a zero-argument `run` that does one unit of work and returns
 when it is done, the FLOPs of one call (from XLA's cost analysis of our
 compiled executable; the PyTorch side does the same arithmetic) and the bytes
@@ -189,7 +189,7 @@ def _flax_discriminator(options: Options) -> models.RegressionDiscriminator:
 def _torch_nets(options: Options, names: tuple[str, ...]) -> dict[str, Any]:
   """The release networks with PyTorch's random init (seeded)."""
   import torch  # pylint: disable=g-import-not-at-top
-  from tests import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(options.seed)
   s = vg_sizes(options)
   nets = {}
@@ -267,7 +267,7 @@ def at_inputs(batch: int, frames: int, seed: int) -> dict[str, np.ndarray]:
 
 def vg_inputs(batch: int, frames: int, size: int,
               seed: int) -> dict[str, np.ndarray]:
-  """VG-net batch (NHWC, see `hcmtfg.train_vgnet`): images in [-1, 1]."""
+  """VG-net batch (NHWC, see `hcmtfg.vgnet_steps`): images in [-1, 1]."""
   rng = np.random.default_rng(seed)
   example = rng.normal(0, 0.3, (batch, 136)).astype(np.float32)
   return {

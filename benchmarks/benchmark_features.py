@@ -1,12 +1,12 @@
 r"""Benchmarks audio feature extraction (MFCC + AT-net windows); prints one JSON line.
 
-  python -m launch.benchmark_features                       # 30 s of synthetic audio
-  python -m launch.benchmark_features --audio=speech.wav    # a real file
+  python -m benchmarks.benchmark_features                       # 30 s of synthetic audio
+  python -m benchmarks.benchmark_features --audio=speech.wav    # a real file
 
 Reported speeds are seconds of audio processed per second of compute (median of
 --repeats runs, after one warm-up). When python_speech_features is installed (a test
 dependency) its speed on the same signal is reported too, with the max difference.
-The face-landmark half of the feature benchmark is launch/benchmark_landmarks.py.
+The face-landmark half of the feature benchmark is benchmarks/benchmark_landmarks.py.
 """
 
 import json

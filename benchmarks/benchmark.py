@@ -1,13 +1,13 @@
 r"""Our JAX networks side by side with the release's PyTorch networks.
 
-  python -m launch.benchmark                      # every CPU case, ~20 min
-  python -m launch.benchmark --cases=vg_infer_b1,vg_gan_b1 --output=bench.json
-  python -m launch.benchmark --tiny --cases=at_infer_b1   # smoke run
-  python -m launch.benchmark --device             # JAX only, on a GPU/TPU
+  python -m benchmarks.benchmark                      # every CPU case, ~20 min
+  python -m benchmarks.benchmark --cases=vg_infer_b1,vg_gan_b1 --output=bench.json
+  python -m benchmarks.benchmark --tiny --cases=at_infer_b1   # smoke run
+  python -m benchmarks.benchmark --device             # JAX only, on a GPU/TPU
 
 CPU mode times, in one process per case, our jitted code and our PyTorch
-declaration of the release (tests/release_torch.py; the training steps in
-launch/release_torch_train.py) on the same weights and inputs, torch using as
+declaration of the release (benchmarks/release_torch.py; the training steps
+in benchmarks/release_torch_train.py) on the same weights and inputs, torch using as
 many threads as there are CPU cores (as XLA's CPU client does). After warm-up
 calls the two sides alternate, call by call, for --repeats calls each, so that
 a busy machine slows both alike; medians are reported.
@@ -206,7 +206,7 @@ def run_case(name: str, *, repeats: int, warmup: int, device: bool,
              compiler_options: str = "") -> dict[str, Any]:
   """Builds and times one case; returns its record."""
   import jax  # pylint: disable=g-import-not-at-top
-  from launch import benchmark_cases  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark_cases  # pylint: disable=g-import-not-at-top
   if not device:
     import torch  # pylint: disable=g-import-not-at-top
     torch.set_num_threads(_threads())
@@ -269,10 +269,10 @@ def run_case(name: str, *, repeats: int, warmup: int, device: bool,
 
 
 def _run_isolated(name: str) -> dict[str, Any]:
-  """`run_case` in a fresh `python -m launch.benchmark` process."""
+  """`run_case` in a fresh `python -m benchmarks.benchmark` process."""
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / "record.json"
-    command = [sys.executable, "-m", "launch.benchmark", f"--cases={name}",
+    command = [sys.executable, "-m", "benchmarks.benchmark", f"--cases={name}",
                f"--worker_output={out}", f"--repeats={_REPEATS.value}",
                f"--warmup={_WARMUP.value}", f"--seed={_SEED.value}",
                f"--compiler_options={_COMPILER_OPTIONS.value}",
@@ -323,7 +323,7 @@ def _write_atomically(path: str, text: str) -> None:
 
 def main(argv):
   del argv
-  from launch import benchmark_cases  # pylint: disable=g-import-not-at-top
+  from benchmarks import benchmark_cases  # pylint: disable=g-import-not-at-top
   if _REPEATS.value < 1 or _WARMUP.value < 0:
     raise app.UsageError("--repeats must be >= 1 and --warmup >= 0")
   _set_omp_wait_policy()

@@ -1,4 +1,4 @@
-"""AT-net training: audio + example landmark → landmark PCA coefs (spec §2).
+"""AT-net training: audio + example landmark → landmark PCA coefs (MSE on them).
 
 Config fields read here (an `ml_collections.ConfigDict`):
   seed                  int, PRNG seed of the initial parameters and dropout.
@@ -9,7 +9,7 @@ Config fields read here (an `ml_collections.ConfigDict`):
                         lstm_features, lstm_layers, mfcc_window,
                         per_frame_batch_stats).
   optim.learning_rate, optim.b1, optim.b2   Adam (2e-4, 0.5, 0.999).
-  plus the loop fields of `hcmtfg.train_state.fit` (num_train_steps, ...).
+  plus the loop fields of `hcmtfg.training.train` (num_train_steps, ...).
 
 Batches are dicts of arrays with a leading batch axis B:
   'example_coef' (B, 6) float32, PCA coefficients of the example landmark;

@@ -1,4 +1,4 @@
-"""VG-net GAN training: landmarks + example image → video (spec §5).
+"""VG-net GAN training: landmarks + example image → video (the release's recipe).
 
 One train step does what the release does per iteration:
   1. generator forward #1 (train mode) → fake frames, held fixed (stop-grad);
@@ -39,7 +39,7 @@ Config fields read here (an `ml_collections.ConfigDict`):
   loss.release_detached_gan  False (see above)
   loss.fused_gan_step     False: one generator forward per step (see above)
   optim.learning_rate, optim.b1, optim.b2 (shared by G and D)
-  plus the loop fields of `hcmtfg.train_state.fit`.
+  plus the loop fields of `hcmtfg.training.train`.
 
 Batches: 'example_image' (B, H, W, 3) in [-1, 1]; 'example_lmark' (B, 136);
 'target_image' (B, T, H, W, 3) in [-1, 1]; 'target_lmark' (B, T, 136).
@@ -53,8 +53,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
+from hcmtfg import image_metrics
 from hcmtfg import losses
 from hcmtfg import train_state as ts
 from hcmtfg.models import discriminator as discriminator_lib
@@ -359,60 +359,12 @@ class WarmupThenGan:
     return fn(state, batch)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:
-  x = np.arange(size, dtype=np.float64) - (size - 1) / 2
-  w = np.exp(-x**2 / (2 * sigma**2))
-  return (w / w.sum()).astype(np.float32)
-
-
-def ssim(a: jax.Array, b: jax.Array, max_value: float = 1.0) -> jax.Array:
-  """Mean SSIM (11×11 Gaussian window, σ 1.5, per channel, valid region).
-
-  Args:
-    a, b: (..., H, W, C) images with values in [0, max_value], H, W ≥ 11.
-
-  Returns:
-    float32 (...,): SSIM per image.
-  """
-  c1, c2 = (0.01 * max_value)**2, (0.03 * max_value)**2
-  w = jnp.asarray(_gaussian_window())
-  lead = a.shape[:-3]
-  h, wd, c = a.shape[-3:]
-
-  def blur(x):  # Separable valid Gaussian filter, each channel on its own.
-    x = jnp.moveaxis(x.reshape((-1, h, wd, c)), -1, 1).reshape((-1, h, wd, 1))
-    for kernel in (w.reshape(-1, 1, 1, 1), w.reshape(1, -1, 1, 1)):
-      x = jax.lax.conv_general_dilated(
-          x, kernel, (1, 1), 'VALID',
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return x  # (N * C, H - 10, W - 10, 1)
-
-  a = a.astype(jnp.float32)
-  b = b.astype(jnp.float32)
-  mu_a, mu_b = blur(a), blur(b)
-  var_a = blur(a * a) - mu_a**2
-  var_b = blur(b * b) - mu_b**2
-  cov = blur(a * b) - mu_a * mu_b
-  ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)
-              / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)))
-  per_image = ssim_map.reshape(ssim_map.shape[0] // c, -1)
-  return jnp.mean(per_image, axis=1).reshape(lead)
-
-
-def psnr(a: jax.Array, b: jax.Array, max_value: float = 1.0) -> jax.Array:
-  """PSNR in dB per image (..., H, W, C), capped at 100 for identical images."""
-  mse = jnp.mean(jnp.square(a.astype(jnp.float32) - b.astype(jnp.float32)),
-                 axis=(-3, -2, -1))
-  return jnp.minimum(10.0 * jnp.log10(max_value**2 / jnp.maximum(mse, 1e-10)),
-                     100.0)
-
-
 def eval_step(state: ts.TrainState, batch: Batch,
               config: ml_collections.ConfigDict) -> Metrics:
   """Eval-mode generation quality on one batch, for tracking progress.
 
   Metrics on RGB frames mapped to [0, 1] (quick trackers, not the release's
-  benchmark protocol of spec §7): 'eval/l1' (on [-1, 1]),
+  evaluation conventions of `hcmtfg.metrics`): 'eval/l1' (on [-1, 1]),
   'eval/psnr', 'eval/ssim', and the same for the baseline that copies the
   example image into every frame ('eval/baseline_*').
   """
@@ -429,8 +381,10 @@ def eval_step(state: ts.TrainState, batch: Batch,
   metrics = {}
   for prefix, pred in (('eval/', fake), ('eval/baseline_', copy)):
     metrics[prefix + 'l1'] = losses.l1_loss(pred, real)
-    metrics[prefix + 'psnr'] = jnp.mean(psnr(unit(pred), unit(real)))
-    metrics[prefix + 'ssim'] = jnp.mean(ssim(unit(pred), unit(real)))
+    metrics[prefix + 'psnr'] = jnp.mean(
+        image_metrics.capped_psnr(unit(pred), unit(real)))
+    metrics[prefix + 'ssim'] = jnp.mean(
+        image_metrics.gaussian_ssim(unit(pred), unit(real)))
   return metrics
 
 

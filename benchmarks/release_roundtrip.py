@@ -1,9 +1,9 @@
 r"""Release-checkpoint round trip: the most complete pipeline of the foundation.
 
-  python -m launch.release_roundtrip --output_dir=demo_output/release_roundtrip
+  python -m benchmarks.release_roundtrip --output_dir=demo_output/release_roundtrip
 
 1. builds the release's three PyTorch networks (our declaration in
-   tests/release_torch.py) with random weights and saves their state_dicts the
+   benchmarks/release_torch.py) with random weights and saves their state_dicts the
    way the release did (`nn.DataParallel`, keys prefixed with 'module.');
 2. converts them with `python -m launch.convert_checkpoint` (Orbax checkpoints);
 3. restores the converted checkpoints, runs AT-net on MFCC windows of a speech
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hcmtfg import audio
+from hcmtfg import checkpoint_io
 from hcmtfg import convert_torch
 from hcmtfg import models
 from hcmtfg import paths
@@ -85,7 +86,7 @@ def _timed(fn, *args, repeats: int = 3):
 def main(argv):
   del argv
   import torch  # pylint: disable=g-import-not-at-top
-  from tests import release_torch  # pylint: disable=g-import-not-at-top
+  from benchmarks import release_torch  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(_SEED.value)
   torch.set_num_threads(max(1, len(jax.devices("cpu"))))
@@ -125,7 +126,7 @@ def main(argv):
                   "discriminator": convert_torch.convert_discriminator}
     for name, module in modules.items():
       state = convert_torch.load_state_dict(release_dir / _RELEASE_NAMES[name])
-      convert_torch.save_converted(converted, name,
+      checkpoint_io.save_converted(converted, name,
                                    converters[name](state, module=module),
                                    module.to_config())
   else:
@@ -141,7 +142,7 @@ def main(argv):
 
   restored = {}
   for name in _RELEASE_NAMES:
-    variables, config = convert_torch.load_converted(converted, name)
+    variables, config = checkpoint_io.load_converted(converted, name)
     restored[name] = (variables, config)
   nets = models.build_models({k: c for k, (_, c) in restored.items()})
   variables = {k: v for k, (v, _) in restored.items()}

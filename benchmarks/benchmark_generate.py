@@ -1,4 +1,4 @@
-"""The generation cases of `launch.benchmark`: speech -> frames, frames -> mp4."""
+"""The generation cases of `benchmarks.benchmark`: speech -> frames, frames -> mp4."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
 from hcmtfg import streaming
 from hcmtfg.models import at_net
-from launch import benchmark_setup as setup
-from launch.benchmark_setup import Case
-from launch.benchmark_setup import Options
-from launch.benchmark_setup import Side
+from benchmarks import benchmark_setup as setup
+from benchmarks.benchmark_setup import Case
+from benchmarks.benchmark_setup import Options
+from benchmarks.benchmark_setup import Side
 
 
 def _speech(seconds: float, seed: int) -> np.ndarray:

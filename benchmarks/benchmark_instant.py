@@ -1,6 +1,6 @@
 r"""How instant generation is: cold and warm CLI runs, the server, streaming.
 
-  python -m launch.benchmark_instant [--networks=synthetic|full|tiny]
+  python -m benchmarks.benchmark_instant [--networks=synthetic|full|tiny]
       [--atnet_workdir=DIR --vgnet_workdir=DIR] [--image=PHOTO] [--audio=SPEECH]
       [--requests=3] [--output=FILE.json]
 
@@ -76,7 +76,7 @@ def _write_networks(folder: str, size: str) -> tuple[str, str]:
   import jax  # pylint: disable=g-import-not-at-top
   from configs import atnet as atnet_config  # pylint: disable=g-import-not-at-top
   from configs import vgnet as vgnet_config  # pylint: disable=g-import-not-at-top
-  from hcmtfg import convert_torch  # pylint: disable=g-import-not-at-top
+  from hcmtfg import checkpoint_io  # pylint: disable=g-import-not-at-top
   from hcmtfg import landmarks  # pylint: disable=g-import-not-at-top
   from hcmtfg import models  # pylint: disable=g-import-not-at-top
   if size == "full":
@@ -95,7 +95,7 @@ def _write_networks(folder: str, size: str) -> tuple[str, str]:
             np.prod(x.shape[:-1]), 1))).astype(np.float32), shapes)
     variables["batch_stats"] = jax.tree.map(
         lambda x: np.ones(x.shape, np.float32), shapes["batch_stats"])
-    convert_torch.save_converted(folder, name, variables, module.to_config())
+    checkpoint_io.save_converted(folder, name, variables, module.to_config())
   components, _ = np.linalg.qr(rng.standard_normal((136, atnet.pca_dim)))
   landmarks.save_pca(os.path.join(folder, "landmark_pca.npz"), landmarks.Pca(
       mean=rng.normal(0, 0.5, 136), components=components,

@@ -1,7 +1,8 @@
 """The release's training steps written in PyTorch, as a speed baseline.
 
-Used by `launch.benchmark` only (it needs torch and tests/release_torch.py).
-Written from ATVGNET_SPEC.md §2 and §5, not copied from the release:
+Used by `benchmarks.benchmark` only (it needs torch and
+benchmarks/release_torch.py). Our own code for the release's training recipe
+as stated below (its defaults), not copied from the release:
 
 * `ATNetTrainStep`: AT-net, MSE on the predicted PCA coefficients, Adam
   (lr 2e-4, betas 0.5 / 0.999).
@@ -16,7 +17,7 @@ Written from ATVGNET_SPEC.md §2 and §5, not copied from the release:
        gradients are computed for them; the cheapest faithful baseline).
   `detached_gan=True` feeds D a detached fake in the G step (the release's
   quirk: only the pixel loss then trains G), as `loss.release_detached_gan` in
-  `hcmtfg.train_vgnet`.
+  `hcmtfg.vgnet_steps`.
 
 Tensors are PyTorch-layout: images (N, 3, H, W), clips (N, T, 3, H, W).
 """

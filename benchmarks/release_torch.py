@@ -1,10 +1,11 @@
-"""PyTorch declarations of the three ATVGnet release networks, for parity tests.
+"""PyTorch declarations of the three ATVGnet release networks.
 
-Written from the spec (ATVGNET_SPEC.md §2-4, §9), not copied from the release.
-Module names and nesting follow the release so that `state_dict()` has exactly
-the keys and shapes of the release checkpoints (`release_state_dict_keys.txt`);
-tensors are (N, C, H, W) as in PyTorch. Only tests import this module (it needs
-torch).
+Our own code for the architectures of the paper's release, not copied from
+it. Module names and nesting follow the release so that `state_dict()` has
+exactly the keys and shapes of the release checkpoints (a leading `module.`
+aside: the released files were saved from `nn.DataParallel`); tensors are
+(N, C, H, W) as in PyTorch. The parity tests, the benchmark and the round trip
+build the release side from it (it needs torch).
 
 Sizes are configurable so that parity can also run on a shrunk network; the
 defaults are the release's (128x128 images, base width 64, 9 ResNet blocks).
@@ -66,7 +67,7 @@ def map_frames(module: Callable[[Tensor], Tensor], x_NxTx: Tensor,
 
 
 # ----------------------------------------------------------------------------
-# AT-net (audio -> landmark PCA coefficients), spec §2.
+# AT-net (audio -> landmark PCA coefficients), 30,071,750 parameters.
 
 
 class ATNetTorch(nn.Module):
@@ -120,7 +121,7 @@ class ATNetTorch(nn.Module):
 
 
 # ----------------------------------------------------------------------------
-# VG-net generator, spec §3.
+# VG-net generator, 58,355,781 parameters.
 
 
 class ConvGRU(nn.Module):
@@ -330,7 +331,8 @@ class VGNetTorch(nn.Module):
 
 
 # ----------------------------------------------------------------------------
-# Regression-based sequence discriminator, spec §4.
+# Regression-based sequence discriminator, 21,491,473 parameters (594,568 of
+# them in the unused `decoder`).
 
 
 class DiscriminatorTorch(nn.Module):

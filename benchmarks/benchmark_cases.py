@@ -1,11 +1,12 @@
-"""The cases of `launch.benchmark`: our JAX code and the release's PyTorch side.
+"""The cases of `benchmarks.benchmark`: our JAX code and the release's PyTorch side.
 
 Like-for-like settings on both sides: BatchNorm statistics per frame in train
 mode (the release's frame loops), the release's ConvGRU over the batch axis
 (`Options.paper_mode` switches both sides to the recurrence over time), and the
-spec's GAN losses (gradients of D's terms reach G on both sides). Shared
-set-up (weights, inputs, sides) lives in `launch.benchmark_setup`, the
-generation path in `launch.benchmark_generate`.
+paper's GAN losses (the G step's adversarial and landmark terms reach G through
+D, on both sides; `loss.release_detached_gan` is off). Shared
+set-up (weights, inputs, sides) lives in `benchmarks.benchmark_setup`, the
+generation path in `benchmarks.benchmark_generate`.
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ import numpy as np
 
 from configs import atnet as atnet_configs
 from configs import vgnet as vgnet_configs
+from hcmtfg import atnet_steps
 from hcmtfg import sharding
-from hcmtfg import train_atnet
 from hcmtfg import train_state as ts
-from hcmtfg import train_vgnet
+from hcmtfg import vgnet_steps
 from hcmtfg.models import at_net
 from hcmtfg.models import winograd
-from launch import benchmark_generate
-from launch import benchmark_setup as setup
-from launch.benchmark_setup import Case
-from launch.benchmark_setup import Options
-from launch.benchmark_setup import Side
+from benchmarks import benchmark_generate
+from benchmarks import benchmark_setup as setup
+from benchmarks.benchmark_setup import Case
+from benchmarks.benchmark_setup import Options
+from benchmarks.benchmark_setup import Side
 
 
 def _matmul(options: Options) -> Case:
@@ -173,14 +174,14 @@ def _at_train(options: Options, batch: int) -> Case:
     config.batch_size = batch
     config.data.num_target_frames = frames
     config.compute_dtype = options.dtype
-    return _train_side(train_atnet.train_step, config,
+    return _train_side(atnet_steps.train_step, config,
                        {"g": flax_side["atnet"][1]}, inputs, "train/loss",
                        options, default_options=at_net.compiler_options)
 
   def release() -> Side:
     import torch  # pylint: disable=g-import-not-at-top
     # pylint: disable-next=g-import-not-at-top
-    from launch import release_torch_train
+    from benchmarks import release_torch_train
     step = release_torch_train.ATNetTrainStep(nets["atnet"])
     args = [torch.from_numpy(inputs[k])
             for k in ("example_coef", "mfcc", "target_coef")]
@@ -216,7 +217,7 @@ def _vg_gan(options: Options, batch: int, fused: bool = False) -> Case:
     config.model.discriminator.base_width = sizes["base_width"]
     config.loss.release_detached_gan = False
     config.loss.fused_gan_step = fused
-    return _train_side(train_vgnet.train_step, config,
+    return _train_side(vgnet_steps.train_step, config,
                        {"g": flax_side["vgnet"][1],
                         "d": flax_side["discriminator"][1]},
                        inputs, "train/g_loss", options)
@@ -224,7 +225,7 @@ def _vg_gan(options: Options, batch: int, fused: bool = False) -> Case:
   def release() -> Side:
     import torch  # pylint: disable=g-import-not-at-top
     # pylint: disable-next=g-import-not-at-top
-    from launch import release_torch_train
+    from benchmarks import release_torch_train
     step = release_torch_train.GanTrainStep(nets["vgnet"],
                                             nets["discriminator"])
     args = [torch.from_numpy(inputs["example_image"].transpose(0, 3, 1, 2)

@@ -1,7 +1,7 @@
 r"""Measures how many examples per second the input pipeline delivers; prints JSON.
 
-  python -m launch.benchmark_input --data_dir=/tmp/tfds            # tiny synthetic
-  python -m launch.benchmark_input --data_dir=DIR --dataset=lrw --batch_size=32
+  python -m benchmarks.benchmark_input --data_dir=/tmp/tfds            # tiny synthetic
+  python -m benchmarks.benchmark_input --data_dir=DIR --dataset=lrw --batch_size=32
 
 The dataset is read with `tfds.builder(dataset, data_dir=...)`; for the synthetic
 dataset it is built first (config --config, --num_clips clips) when missing. For each

@@ -3,8 +3,8 @@ r"""Landmark extraction speed on one CPU core: detect every frame vs tracking.
 Prints one JSON object: frames/s of both modes, the speed-up, detector calls, and
 the mean / worst-frame pixel distance between the two modes' landmarks.
 
-  python -m launch.benchmark_landmarks                       # synthetic clip
-  python -m launch.benchmark_landmarks --video=talk.mp4 --max_frames=250
+  python -m benchmarks.benchmark_landmarks                       # synthetic clip
+  python -m benchmarks.benchmark_landmarks --video=talk.mp4 --max_frames=250
 
 Without --video the clip is a real face (skimage's astronaut photo) drifting and
 zooming slowly inside a 256x256 frame, so it runs with no data set.
