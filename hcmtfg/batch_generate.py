@@ -32,6 +32,7 @@ from hcmtfg import align
 from hcmtfg import audio as audio_lib
 from hcmtfg import compile_cache
 from hcmtfg import compose
+from hcmtfg import face_prefetch
 from hcmtfg import faults
 from hcmtfg import generate
 from hcmtfg import landmarks as landmarks_lib
@@ -195,6 +196,9 @@ def run(options: Options) -> int:
   from hcmtfg import face  # pylint: disable=g-import-not-at-top  (dlib)
   options = with_user_paths(options)
   failures: list[tuple[str, str]] = []
+  # One video: dlib finds the face in a child process while the networks load.
+  prefetch = (face_prefetch.PrefetchedAnalyzer(options.image)
+              if not options.pairs and options.image else None)
   try:
     if options.pairs:
       jobs, failures = read_pairs(options.pairs)
@@ -208,8 +212,10 @@ def run(options: Options) -> int:
     generator = pipeline.load_generator(pipeline.NetworkOptions(
         options.atnet_workdir, options.vgnet_workdir, pca=options.pca,
         release_basics_dir=options.release_basics_dir))
-    analyzer = face.FaceAnalyzer()
+    analyzer = prefetch or face.FaceAnalyzer()
   except InputError as e:
+    if prefetch is not None:
+      prefetch.close()
     print(f"error: {e}", file=sys.stderr)
     return 1
   done = skipped = 0
@@ -241,6 +247,8 @@ def run(options: Options) -> int:
       failures.append((where, f"{type(e).__name__}: {e}"))
     if failures and not options.pairs:
       break
+  if prefetch is not None:
+    prefetch.close()
   for where, problem in failures:
     print(f"error: {problem}" if not options.pairs else
           f"error: {where}: {problem}", file=sys.stderr)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import os
 from typing import Iterable, Iterator
 
@@ -156,10 +157,15 @@ class Generator:
       raise ValueError(f"the PCA has {pca.num_components} components, AT-net "
                        f"predicts {atnet.pca_dim}")
     self.atnet, self.vgnet, self.pca = atnet, vgnet, pca
+    # With two CPU devices (`pipeline.split_cpu_device`) AT-net runs on the
+    # second: a device runs its computations one at a time, so AT-net's next
+    # chunk then computes beside VG-net's current one.
+    self.atnet_device = _atnet_device()
     # Fixed weights: the Winograd convolutions' kernel transforms are
     # computed once here instead of in every chunk step.
     self.atnet_variables = None if atnet is None else jax.device_put(
-        exported.with_transformed_kernels(atnet, atnet_variables))
+        exported.with_transformed_kernels(atnet, atnet_variables),
+        self.atnet_device)
     self.vgnet_variables = jax.device_put(
         exported.with_transformed_kernels(vgnet, vgnet_variables))
     self.release_coef_scaling = bool(release_coef_scaling)
@@ -177,8 +183,16 @@ class Generator:
     committed like the states the chunk steps return, so that the first
     chunk and the later ones share one executable."""
     device = next(iter(jax.tree.leaves(self.vgnet_variables)[0].devices()))
-    return (jax.device_put(streaming.atnet_initial_carry(self.atnet), device),
+    return (jax.device_put(streaming.atnet_initial_carry(self.atnet),
+                           self.atnet_device or device),
             jax.device_put(streaming.vgnet_initial_carry(self.vgnet), device))
+
+
+def _atnet_device() -> jax.Device | None:
+  """The second CPU device when the CPU backend has several, else None."""
+  if jax.default_backend() != "cpu" or len(jax.local_devices()) < 2:
+    return None
+  return jax.local_devices()[1]
 
 
 def load_generator_networks(atnet_workdir: str | os.PathLike,
@@ -291,6 +305,14 @@ def predict_landmarks(generator: Generator, photo: PreparedPhoto,
                       speech_16k: np.ndarray, *, chunk_frames: int = CHUNK_FRAMES,
                       release_coef_scaling: bool | None = None) -> Landmarks:
   """AT-net on every 25-fps frame of the speech (16 kHz mono float32)."""
+  dispatched = _dispatch_atnet(generator, photo, speech_16k, chunk_frames)
+  return _landmarks(generator, dispatched, release_coef_scaling)
+
+
+def _dispatch_atnet(generator: Generator, photo: PreparedPhoto,
+                    speech_16k: np.ndarray, chunk_frames: int
+                    ) -> list[tuple[int, jax.Array]]:
+  """Queues AT-net on every chunk; [(frames n, coefficients (1, C, k))]."""
   signal = np.asarray(speech_16k, np.float32)
   if signal.ndim != 1 or signal.size < audio_lib.SAMPLE_RATE // FPS:
     raise InputError(None, f"speech must be a 1-D 16 kHz signal of at least one "
@@ -308,15 +330,22 @@ def predict_landmarks(generator: Generator, photo: PreparedPhoto,
   for _, n, chunk in _padded_chunks(windows_Tx28x12, chunk_frames):
     coefs, carry = atnet_step(generator.atnet, generator.atnet_variables, carry,
                                example_coef[None], chunk[None])
-    # Sliced and joined on the host: no executable depends on the length.
-    outputs.append(np.asarray(coefs)[0, :n])
-  raw = np.concatenate(outputs).astype(np.float32)
+    outputs.append((n, coefs))
+  return outputs
+
+
+def _landmarks(generator: Generator, dispatched: list[tuple[int, jax.Array]],
+               release_coef_scaling: bool | None) -> Landmarks:
+  """The Landmarks of AT-net's chunks (waits for them)."""
+  # Sliced and joined on the host: no executable depends on the length.
+  raw = np.concatenate([np.asarray(coefs)[0, :n] for n, coefs in dispatched]
+                       ).astype(np.float32)
   scaling = (generator.release_coef_scaling if release_coef_scaling is None
              else release_coef_scaling)
   coefs = raw.copy()
   if scaling:
     coefs[:, 1:6] *= RELEASE_COEF_GAIN[:max(min(coefs.shape[1], 6) - 1, 0)]
-  lmarks = landmarks_lib.reconstruct(pca, coefs).astype(np.float32)
+  lmarks = landmarks_lib.reconstruct(generator.pca, coefs).astype(np.float32)
   return Landmarks(raw, coefs, lmarks)
 
 
@@ -354,24 +383,31 @@ def generate_chunks(generator: Generator, photo: PreparedPhoto,
   if photo.image.shape != (s, s, 3):
     raise ValueError(f"the photo was prepared at {photo.image.shape[:2]}, the "
                      f"VG-net makes {s}x{s} frames (prepare_photo(image_size=))")
-  predicted = predict_landmarks(generator, photo, speech_16k,
-                                chunk_frames=chunk_frames,
-                                release_coef_scaling=release_coef_scaling)
+  dispatched = _dispatch_atnet(generator, photo, speech_16k, chunk_frames)
   image = jnp.asarray(photo.image[None])
   example = jnp.asarray(vgnet_example_landmark(generator, photo)[None])
   _, carry = generator.initial_carries()
-  pending = None
-  for start, n, coefs in _padded_chunks(predicted.coefs, chunk_frames):
+  # VG-net's first chunk needs AT-net's first chunk only (the same numbers as
+  # the whole prediction's first rows); on a device of its own
+  # (`Generator.atnet_device`) AT-net's other chunks run beside it.
+  head = _landmarks(generator, dispatched[:1], release_coef_scaling)
+  _, n, coefs = next(_padded_chunks(head.coefs, chunk_frames))
+  frames, attention, colour, carry = vgnet_step(
+      generator.vgnet, generator.vgnet_variables, carry, image,
+      jnp.asarray(coefs[None]), example, generator.pca_components,
+      generator.pca_mean)
+  pending = (0, n, frames, attention, colour)
+  predicted = _landmarks(generator, dispatched, release_coef_scaling)
+  for start, n, coefs in itertools.islice(
+      _padded_chunks(predicted.coefs, chunk_frames), 1, None):
     # Dispatch this chunk before fetching the previous one (async dispatch).
     frames, attention, colour, carry = vgnet_step(
         generator.vgnet, generator.vgnet_variables, carry, image,
         jnp.asarray(coefs[None]), example, generator.pca_components,
         generator.pca_mean)
-    if pending is not None:
-      yield _fetch(*pending, predicted.landmarks)
-    pending = (start, n, frames, attention, colour)
-  if pending is not None:
     yield _fetch(*pending, predicted.landmarks)
+    pending = (start, n, frames, attention, colour)
+  yield _fetch(*pending, predicted.landmarks)
 
 
 def _fetch(start, n, frames, attention, colour, lmarks) -> FrameChunk:

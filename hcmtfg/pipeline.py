@@ -17,9 +17,11 @@ the side-by-side intermediates view.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from hcmtfg import align
@@ -48,6 +50,27 @@ class NetworkOptions:
   release_basics_dir: str | None = None
   release_coef_scaling: bool | None = None
   min_face_size: int = generate.MIN_FACE_SIZE
+
+
+def split_cpu_device() -> bool:
+  """Gives JAX's CPU backend two devices; True if it did.
+
+  A device runs its computations one at a time, so on one CPU device AT-net
+  waits for VG-net's chunk in flight. With two, `generate.Generator` puts
+  AT-net on the second and its next chunk computes beside VG-net's current
+  one (same executables, same numbers; both share the CPU's threads). For
+  the inference entry points: call before any JAX computation. Does nothing
+  when the device count is already set (JAX_NUM_CPU_DEVICES, or XLA_FLAGS'
+  --xla_force_host_platform_device_count) or JAX has started.
+  """
+  if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+      or jax.config.jax_num_cpu_devices != -1):
+    return False
+  try:
+    jax.config.update("jax_num_cpu_devices", 2)
+  except RuntimeError:  # too late: the backend is up
+    return False
+  return True
 
 
 def load_generator(options: NetworkOptions) -> generate.Generator:

@@ -38,9 +38,11 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
+from hcmtfg import allocator
 from hcmtfg import batch_generate
 from hcmtfg import compile_cache
 from hcmtfg import generate
+from hcmtfg import pipeline
 
 _IMAGE = flags.DEFINE_string("image", None, "Face photo (any format PIL reads).")
 _AUDIO = flags.DEFINE_string("audio", None, "Speech (wav/flac/mp3/..., any rate, "
@@ -91,6 +93,8 @@ def main(argv):
     raise app.UsageError("give --atnet_workdir and --vgnet_workdir")
   if _CHUNK_FRAMES.value < 1:
     raise app.UsageError("--chunk_frames must be >= 1")
+  allocator.keep_freed_memory()  # before the networks run: no page faults
+  pipeline.split_cpu_device()  # AT-net beside VG-net
   compile_cache.enable(_CACHE.value)
   return batch_generate.run(batch_generate.Options(
       atnet_workdir=_ATNET.value, vgnet_workdir=_VGNET.value, image=_IMAGE.value,

@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from hcmtfg import allocator
 from hcmtfg import compile_cache
 from hcmtfg import generate
 from hcmtfg import paths
@@ -83,6 +84,8 @@ def main(argv):
   if _MAX_UPLOAD.value <= 0 or _MAX_SECONDS.value <= 0 or _MAX_QUEUED.value < 0:
     raise app.UsageError("the limits must be positive")
   start = time.perf_counter()
+  allocator.keep_freed_memory()  # before the networks run: no page faults
+  pipeline_lib.split_cpu_device()  # AT-net beside VG-net
   compile_cache.enable(_CACHE.value)
   options = pipeline_lib.NetworkOptions(
       atnet_workdir=paths.user_path(_ATNET.value),

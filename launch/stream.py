@@ -29,6 +29,7 @@ import time
 from absl import app
 from absl import flags
 
+from hcmtfg import allocator
 from hcmtfg import atomic
 from hcmtfg import audio as audio_lib
 from hcmtfg import compile_cache
@@ -84,6 +85,8 @@ def main(argv):
     raise app.UsageError("--chunk_frames, --first_chunk_frames and --block_ms "
                          "must be positive")
   start = time.perf_counter()
+  allocator.keep_freed_memory()  # before the networks run: no page faults
+  pipeline_lib.split_cpu_device()  # AT-net beside VG-net
   compile_cache.enable(_CACHE.value)
   image, audio, report_path = (paths.user_path(p) for p in (
       _IMAGE.value, _AUDIO.value, _REPORT.value))

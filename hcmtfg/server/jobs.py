@@ -341,9 +341,13 @@ def _jpeg(frame: np.ndarray) -> bytes:
   side = max(height, width)
   if side > PREVIEW_SIDE:
     scale = PREVIEW_SIDE / side
+    # Bilinear is 5-7x cheaper than area averaging (about 0.4 against 2.3 ms
+    # a frame, every frame of every job) and alias-free enough down to half
+    # size; smaller previews of large photos still average.
     frame = cv2.resize(frame, (max(round(width * scale), 1),
                                max(round(height * scale), 1)),
-                       interpolation=cv2.INTER_AREA)
+                       interpolation=cv2.INTER_LINEAR if scale >= 0.5
+                       else cv2.INTER_AREA)
   ok, data = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),
                           [cv2.IMWRITE_JPEG_QUALITY, 85])
   if not ok:
