@@ -10,7 +10,7 @@ cannot overlap them with anything else in the process. A one-video command
     photo = prepare_photo(photo_path, analyzer)               # its answers
     analyzer.close()
 
-The child loads the photo exactly as `face.load_image` does, runs the
+The child loads the photo exactly as `image_io.load_image` does, runs the
 detector and the shape predictor on every face, and prints them as JSON with
 a hash of the grey image they came from. `PrefetchedAnalyzer` answers
 `detect_all` / `landmarks` from that for the same grey image only; for
@@ -32,6 +32,8 @@ import sys
 
 from absl import logging
 import numpy as np
+
+from hcmtfg import image_io
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -101,7 +103,7 @@ class PrefetchedAnalyzer:
   def detect_all(self, image: np.ndarray) -> list:
     """As `FaceAnalyzer.detect_all`."""
     from hcmtfg import face  # pylint: disable=g-import-not-at-top
-    faces = self._faces(face.to_gray(image))
+    faces = self._faces(image_io.to_gray(image))
     if faces is None:
       return self._local().detect_all(image)
     return [face.Box(*f["box"]) for f in faces]
@@ -109,7 +111,7 @@ class PrefetchedAnalyzer:
   def landmarks(self, image: np.ndarray, box) -> np.ndarray:
     """As `FaceAnalyzer.landmarks`."""
     from hcmtfg import face  # pylint: disable=g-import-not-at-top
-    faces = self._faces(face.to_gray(image))
+    faces = self._faces(image_io.to_gray(image))
     for f in faces or ():
       if face.Box(*f["box"]) == box:
         return np.asarray(f["landmarks"], np.float32)
@@ -130,8 +132,8 @@ class PrefetchedAnalyzer:
 
 def _child(path: str) -> int:
   from hcmtfg import face  # pylint: disable=g-import-not-at-top
-  image = face.load_image(path)  # InputError: the parent reports it itself
-  gray = face.to_gray(image)
+  image = image_io.load_image(path)  # InputError: the parent reports it itself
+  gray = image_io.to_gray(image)
   analyzer = face.FaceAnalyzer()
   faces = []
   for box in analyzer.detect_all(gray):

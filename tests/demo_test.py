@@ -28,7 +28,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def run_demo(command: list[str], cwd: pathlib.Path, home: pathlib.Path) -> str:
   """Runs a command of the demo from `cwd` with HOME=`home`; returns stdout."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")  # one device
   env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", HOME=str(home),
              PYTHONPATH=str(REPO))
   proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True,

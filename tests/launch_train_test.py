@@ -61,7 +61,8 @@ def run_train(config: str, workdir: pathlib.Path, data_root: pathlib.Path,
 
   `mutation` names one of `tests.mutations.MUTATIONS` to run it under.
   """
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=('--xla_force_host_platform_device_count=8 '
+                                   '--xla_backend_optimization_level=0'),
              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
              JAX_COMPILATION_CACHE_DIR=str(cache))
   main = ['launch.train'] if mutation is None else ['tests.mutations', mutation]
@@ -294,7 +295,8 @@ def test_train_from_another_directory_with_relative_and_home_paths(
   cwd.mkdir()
   (home / 'hcmtfg src').symlink_to(REPO_ROOT, target_is_directory=True)
   (cwd / 'data sets').symlink_to(tiny_data, target_is_directory=True)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=('--xla_force_host_platform_device_count=8 '
+                                   '--xla_backend_optimization_level=0'),
              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
              JAX_COMPILATION_CACHE_DIR=str(jax_cache), HOME=str(home),
              PYTHONPATH=str(REPO_ROOT))

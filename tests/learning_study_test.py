@@ -211,7 +211,7 @@ def tiny_data(tmp_path_factory) -> pathlib.Path:
 
 
 def _run_study(out: pathlib.Path, data_dir: pathlib.Path) -> str:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")  # one device
   env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run(
       [sys.executable, "-m", "launch.learning_study", f"--output_dir={out}",
