@@ -13,8 +13,10 @@ import shutil
 import tempfile
 
 # Eight fake devices, and XLA's cheapest backend optimisation: the tests' tiny
-# networks spend far longer compiling than running (the suite takes about a
-# third less time; results are the same to every test's tolerance).
+# networks spend far longer compiling than running (winograd_test and
+# models_test: 147 -> 99 s; the whole suite 781 -> 701 s with this and the
+# shared cache below; results are the same to every test's tolerance). Tests
+# that start entry points pass the same flag to them.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
                       "--xla_backend_optimization_level=0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
