@@ -64,6 +64,7 @@ class Options:
   min_face_size: int = generate.MIN_FACE_SIZE
   overwrite: bool = False
   progress: bool = True
+  preset: str = video_lib.FAST_PRESET
 
 
 # Options holding a path or URL (see `with_user_paths`).
@@ -166,10 +167,11 @@ def run_one(generator: generate.Generator, analyzer, job: Job, options: Options,
   os.makedirs(os.path.dirname(os.path.abspath(job.output)), exist_ok=True)
   with contextlib.ExitStack() as stack:
     writer = stack.enter_context(video_lib.VideoWriter(
-        job.output, fps=generate.FPS, audio=track, audio_sample_rate=rate))
+        job.output, fps=generate.FPS, audio=track, audio_sample_rate=rate,
+        preset=options.preset))
     side = (stack.enter_context(video_lib.VideoWriter(
         intermediates_path(job.output), fps=generate.FPS, audio=track,
-        audio_sample_rate=rate)) if options.save_intermediates else None)
+        audio_sample_rate=rate, preset=options.preset)) if options.save_intermediates else None)
     bar = None
     if options.progress and options.pairs is None:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top

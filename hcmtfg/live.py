@@ -74,7 +74,7 @@ class FragmentedMp4Writer(video_lib.VideoWriter):
   def __init__(self, target: str, *, fps: float = 25.0,
                audio: np.ndarray | None = None,
                audio_sample_rate: int = audio_lib.SAMPLE_RATE,
-               preset: str = "veryfast", crf: int = 20):
+               preset: str = video_lib.FAST_PRESET, crf: int = 20):
     super().__init__(target, fps=fps, audio=audio,
                      audio_sample_rate=audio_sample_rate, crf=crf,
                      preset=preset, fragmented=True)

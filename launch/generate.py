@@ -7,7 +7,7 @@ One video:
   python -m launch.generate --image=PHOTO.jpg --audio=SPEECH.wav \
       --atnet_workdir=runs/atnet --vgnet_workdir=runs/vgnet --output=out.mp4 \
       [--save_intermediates] [--paste_back] [--release_coef_scaling] \
-      [--chunk_frames=32]
+      [--chunk_frames=32] [--preset=veryfast]
 
 Many videos (one line per video: image,audio,output; a header line
 `image,audio,output` is optional; relative paths are relative to the CSV file
@@ -43,6 +43,8 @@ from hcmtfg import batch_generate
 from hcmtfg import compile_cache
 from hcmtfg import generate
 from hcmtfg import pipeline
+from hcmtfg import quick_exit
+from hcmtfg import video as video_lib
 
 _IMAGE = flags.DEFINE_string("image", None, "Face photo (any format PIL reads).")
 _AUDIO = flags.DEFINE_string("audio", None, "Speech (wav/flac/mp3/..., any rate, "
@@ -78,6 +80,9 @@ _MIN_FACE = flags.DEFINE_integer("min_face_size", generate.MIN_FACE_SIZE,
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Batch mode: regenerate "
                                "outputs that already exist (single mode always "
                                "writes).")
+_PRESET = flags.DEFINE_enum(
+    "preset", video_lib.FAST_PRESET, video_lib.X264_PRESETS, "x264 preset of the videos (ultrafast ... "
+    "veryslow: slower makes smaller files at the same quality).")
 _CACHE = compile_cache.define_flag()
 
 
@@ -102,8 +107,9 @@ def main(argv):
       pca=_PCA.value, release_basics_dir=_BASICS.value,
       save_intermediates=_SAVE_INTERMEDIATES.value, paste_back=_PASTE_BACK.value,
       release_coef_scaling=_COEF_SCALING.value, chunk_frames=_CHUNK_FRAMES.value,
-      min_face_size=_MIN_FACE.value, overwrite=_OVERWRITE.value))
+      min_face_size=_MIN_FACE.value, overwrite=_OVERWRITE.value,
+      preset=_PRESET.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(quick_exit.run_then_exit(main))

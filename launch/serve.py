@@ -33,6 +33,7 @@ from hcmtfg import compile_cache
 from hcmtfg import generate
 from hcmtfg import paths
 from hcmtfg import pipeline as pipeline_lib
+from hcmtfg import video as video_lib
 from hcmtfg.errors import InputError
 from hcmtfg.server import uploads
 from hcmtfg.server import web
@@ -70,7 +71,8 @@ _MAX_QUEUED = flags.DEFINE_integer("max_queued", 8, "Videos waiting before new "
                                    "requests are refused (503).")
 _KEEP_MINUTES = flags.DEFINE_float("keep_minutes", 30.0, "Finished videos are "
                                    "kept this long for download.")
-_PRESET = flags.DEFINE_string("preset", "veryfast", "x264 preset of the videos.")
+_PRESET = flags.DEFINE_enum("preset", video_lib.FAST_PRESET,
+                            video_lib.X264_PRESETS, "x264 preset of the videos.")
 _CACHE = compile_cache.define_flag()
 
 

@@ -37,6 +37,7 @@ from hcmtfg import generate
 from hcmtfg import live
 from hcmtfg import paths
 from hcmtfg import pipeline as pipeline_lib
+from hcmtfg import quick_exit
 from hcmtfg.errors import InputError
 
 _IMAGE = flags.DEFINE_string("image", None, "Face photo.")
@@ -145,4 +146,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(quick_exit.run_then_exit(main))

@@ -610,5 +610,11 @@ def test_cli_from_another_directory_with_relative_and_home_paths(nets, media,
       cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
       check=False)
   assert result.returncode == 0, result.stderr[-3000:]
-  _check_video(cwd / "videos" / "talking face.mp4", media["speech"], (32, 32))
+  written = cwd / "videos" / "talking face.mp4"
+  _check_video(written, media["speech"], (32, 32))
   assert sorted(os.listdir(cwd)) == ["runs", "speech 1s.wav", "videos"]
+  # Ended by quick_exit: its log still reached stderr; x264 stored the
+  # settings of the default preset, veryfast (medium would be ref=3 subme=7).
+  assert f"wrote {written}" in result.stderr
+  settings = written.read_bytes()
+  assert b" ref=1 " in settings and b" subme=2 " in settings

@@ -153,7 +153,7 @@ class JobRunner:
                *, root: str | None = None,
                chunk_frames: int = generate.CHUNK_FRAMES,
                first_chunk_frames: int = 4, keep_seconds: float = 1800.0,
-               keep_jobs: int = 16, preset: str = "veryfast"):
+               keep_jobs: int = 16, preset: str = video_lib.FAST_PRESET):
     self.pipeline = pipeline
     self.limits = limits
     self.chunk_frames = chunk_frames
