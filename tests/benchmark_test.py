@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import conftest
 import pytest
 import soundfile
 
@@ -28,9 +29,15 @@ def tiny_data(tmp_path_factory) -> pathlib.Path:
   return root / "tfds"
 
 
+def _user_env() -> dict[str, str]:
+  """The environment of a benchmark command: one CPU device, as a user's
+  machine has (not conftest's eight), and the tests' compile flags."""
+  return dict(os.environ, XLA_FLAGS=conftest.xla_flags(None))
+
+
 def _run_benchmark(tmp_path, *args):
-  """Runs the CLI as a user would (one CPU device, not conftest's eight)."""
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  """Runs the CLI as a user would."""
+  env = _user_env()
   out = tmp_path / "bench.json"
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.benchmark", "--tiny", "--warmup=0",
@@ -101,7 +108,7 @@ def test_device_mode_runs_jax_only(tmp_path):
 
 
 def test_unknown_case_is_an_error(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = _user_env()
   result = subprocess.run(
       [sys.executable, "-m", "benchmarks.benchmark", "--tiny", "--noisolate",
        "--cases=vg_infer_bx"], cwd=REPO_ROOT, env=env, capture_output=True,
@@ -145,7 +152,7 @@ def test_entry_point_from_another_directory(module, tmp_path, request):
                       shared_data / "faces" / "obama.jpg")
     args = ["--video=~/my clips/a face.mp4", "--max_frames=3", "--repeats=1"]
   before = sorted(os.listdir(cwd))
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = _user_env()
   env.update(HOME=str(home), PYTHONPATH=str(REPO_ROOT))
   result = subprocess.run([sys.executable, "-m", f"benchmarks.{module}", *args],
                           cwd=cwd, env=env, capture_output=True, text=True,

@@ -15,6 +15,7 @@ import pathlib
 import subprocess
 import sys
 
+import conftest
 import cv2
 import pytest
 import soundfile
@@ -28,7 +29,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def run_demo(command: list[str], cwd: pathlib.Path, home: pathlib.Path) -> str:
   """Runs a command of the demo from `cwd` with HOME=`home`; returns stdout."""
-  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")  # one device
+  env = dict(os.environ, XLA_FLAGS=conftest.xla_flags(None))  # one device
   env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", HOME=str(home),
              PYTHONPATH=str(REPO))
   proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True,

@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,10 +61,8 @@ SCHEDULE = [1] + list(range(CHECKPOINT_EVERY, NUM_STEPS + 1, CHECKPOINT_EVERY))
 def _env(**extra: str) -> dict[str, str]:
   """A child's environment: 8 CPU devices, no inherited fault, `extra`."""
   env = {k: v for k, v in os.environ.items() if k != 'HCMTFG_FAULT'}
-  env.update(XLA_FLAGS=('--xla_force_host_platform_device_count=8 '
-                        '--xla_backend_optimization_level=0'),
-             JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
-             PYTHONPATH=str(REPO_ROOT), **extra)
+  env.update(XLA_FLAGS=conftest.xla_flags(), JAX_PLATFORMS='cpu',
+             TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=str(REPO_ROOT), **extra)
   return env
 
 

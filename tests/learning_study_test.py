@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 
+import conftest
 import cv2
 import jax
 import jax.numpy as jnp
@@ -211,7 +212,7 @@ def tiny_data(tmp_path_factory) -> pathlib.Path:
 
 
 def _run_study(out: pathlib.Path, data_dir: pathlib.Path) -> str:
-  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")  # one device
+  env = dict(os.environ, XLA_FLAGS=conftest.xla_flags(None))  # one device
   env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   proc = subprocess.run(
       [sys.executable, "-m", "launch.learning_study", f"--output_dir={out}",

@@ -7,6 +7,7 @@ a batch-sharded VG-net forward. Variables are drawn with numpy from
 
 import math
 
+import conftest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -553,10 +554,15 @@ def gan_steps():
                                            (2, 4, 20, 2))}
   batch = sharding.host_local_to_global(
       {k: v.astype(np.float32) for k, v in batch.items()}, mesh)
+  from hcmtfg import train_state as ts  # pylint: disable=g-import-not-at-top
+  # Both steps with XLA's default CPU fusion emitters: the classic ones the
+  # tests compile with round the two programs' D losses 1 ulp apart.
+  options = {**ts.FAST_COMPILE_OPTIONS, **conftest.DEFAULT_EMITTERS}
   steps = {}
   for fused in (False, True):
     config = _gan_config(fused, learning_rate=3e-3)
-    steps[fused] = vgnet_steps.jit_train_step(config, mesh)
+    steps[fused] = vgnet_steps.jit_train_step(config, mesh,
+                                              compiler_options=options)
   state = vgnet_steps.make_init_fn(_gan_config(False, 3e-3),
                                    jax.random.PRNGKey(0), mesh)()
   return jax.device_get(state), batch, steps, mesh

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 
+import conftest
 import numpy as np
 import pytest
 
@@ -120,7 +121,7 @@ def test_two_processes_train_to_identical_parameters(tmp_path, tiny_data):
   driver.write_text(_DRIVER)
   workdir = tmp_path / 'workdir'
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+  env = dict(os.environ, XLA_FLAGS=conftest.xla_flags(2),
              JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='2',
              PYTHONPATH=os.pathsep.join(
                  [str(REPO_ROOT)] + [p for p in os.environ.get(

@@ -1,14 +1,16 @@
 """Tests of the training core: train steps, sharding, checkpoints, resume, NaNs.
 
 Tiny networks (image 32x32, base width 8, one ResNet block, T=4, B=8 so the
-batch splits over the 8 fake CPU devices of conftest). Compiled step functions
-are shared through module-scoped fixtures to keep compile time down.
+batch splits over 2 of conftest's fake CPU devices for AT-net, over all 8 for
+VG-net's sharded step). Compiled step functions are shared through
+module-scoped fixtures to keep compile time down.
 """
 
 import os
 import pathlib
 import signal
 
+import conftest
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -187,6 +189,12 @@ def mesh8():
 
 
 @pytest.fixture(scope='module')
+def mesh2():
+  """Two of the devices: AT-net's data-parallel steps (see atnet_setup)."""
+  return sharding.make_mesh(jax.devices()[:2])
+
+
+@pytest.fixture(scope='module')
 def mesh1():
   return sharding.make_mesh(jax.devices()[:1])
 
@@ -229,13 +237,18 @@ def test_sharding_helpers(mesh8, monkeypatch):
 
 
 @pytest.fixture(scope='module')
-def atnet_setup(mesh8):
-  """(config, init_fn, jitted train step) on 8 devices, compiled once."""
+def atnet_setup(mesh2):
+  """(config, init_fn, jitted train step) on 2 devices, compiled once.
+
+  Data-parallel over 2 devices, not 8: each step's all-reduce waits for every
+  device's thread, and 8 of them on a loaded 2-core machine once deadlocked
+  in XLA's rendezvous. The VG-net step is checked on all 8.
+  """
   config = atnet_config()
-  init_fn = atnet_steps.make_init_fn(config, jax.random.PRNGKey(0), mesh8)
+  init_fn = atnet_steps.make_init_fn(config, jax.random.PRNGKey(0), mesh2)
   with pytest.MonkeyPatch.context() as mp:
     counter = TraceCounter(mp, atnet_steps)
-    step_fn = atnet_steps.jit_train_step(config, mesh8)
+    step_fn = atnet_steps.jit_train_step(config, mesh2)
     yield config, init_fn, step_fn, counter
 
 
@@ -254,7 +267,7 @@ def assert_beats_baselines(mse, baselines):
 
 
 @pytest.mark.parametrize('hearing', ['as_built', 'deaf'])
-def test_atnet_steps_compile_once_and_learn(atnet_setup, mesh8, hearing,
+def test_atnet_steps_compile_once_and_learn(atnet_setup, mesh2, hearing,
                                             monkeypatch):
   """AT-net learns the audio -> landmark mapping of `atnet_batch`.
 
@@ -266,21 +279,22 @@ def test_atnet_steps_compile_once_and_learn(atnet_setup, mesh8, hearing,
   (`mutations.deaf_atnet`: audio features zeroed) trains the same way and must
   fail the check; it does: "held-out MSE 1.023 is not below 0.8 x the best
   trivial baseline (copy the example 0.9463, train-set mean 1.034)". AT-net as
-  built reaches 0.533, 0.56 x the baseline.
+  built reaches 0.351, 0.37 x the baseline (0.533 when trained on 8 devices:
+  rounding differences grow over the steps).
   """
   config, init_fn, step_fn, counter = atnet_setup
   if hearing == 'deaf':
     for name in ('train_step', 'eval_step'):
       monkeypatch.setattr(atnet_steps, name,
                           mutations.deafen(getattr(atnet_steps, name)))
-    step_fn = atnet_steps.jit_train_step(config, mesh8)
+    step_fn = atnet_steps.jit_train_step(config, mesh2)
   state = init_fn()
   assert state.d is None and int(state.step) == 0
   train_metrics, targets = [], []
   for i in range(LEARN_STEPS):
     host_batch = atnet_batch(i)
     targets.append(host_batch['target_coef'])
-    batch = on(mesh8, host_batch)
+    batch = on(mesh2, host_batch)
     if i == 0:
       assert batch['mfcc'].sharding.spec == jax.sharding.PartitionSpec('data')
     state, metrics = step_fn(state, batch)
@@ -291,12 +305,12 @@ def test_atnet_steps_compile_once_and_learn(atnet_setup, mesh8, hearing,
   if hearing == 'as_built':
     assert counter.count == 1  # Traced once, on the first step.
 
-  eval_fn = atnet_steps.jit_eval_step(config, mesh8)
+  eval_fn = atnet_steps.jit_eval_step(config, mesh2)
   train_mean = np.mean(targets, axis=(0, 1, 2))
   mse, baselines = [], {'copy the example': [], 'train-set mean': []}
   for index in HELD_OUT:
     held_out = atnet_batch(index)
-    metrics = jax.device_get(eval_fn(state, on(mesh8, held_out)))
+    metrics = jax.device_get(eval_fn(state, on(mesh2, held_out)))
     assert set(metrics) == {'eval/mse', 'eval/mae', 'eval/baseline_mse'}
     target, example = held_out['target_coef'], held_out['example_coef']
     np.testing.assert_allclose(metrics['eval/baseline_mse'],
@@ -353,29 +367,38 @@ def jit_atnet_predict(config):
 
 
 def test_atnet_sharded_step_matches_single_device_and_bfloat16_is_close(
-    atnet_setup, mesh8, mesh1):
-  """8 devices match 1; bfloat16 predictions match float32 ones.
+    atnet_setup, mesh2, mesh1):
+  """2 devices match 1; bfloat16 predictions match float32 ones.
 
   A bfloat16 path returning zeros fails the comparison (checked below).
   """
-  config, init_fn, step_fn, _ = atnet_setup
-  state8 = init_fn()
-  host_state = host_copy(state8)
+  config, init_fn, _, _ = atnet_setup
+  # The two programs compared compile with XLA's default CPU fusion emitters.
+  # The classic ones the tests use round them differently, and Adam turns
+  # rounding noise in gradients that are zero in exact arithmetic (biases
+  # that feed BatchNorm) into updates of full size, lr.
+  options = {**ts.FAST_COMPILE_OPTIONS, **conftest.DEFAULT_EMITTERS}
+  step2 = atnet_steps.jit_train_step(config, mesh2, compiler_options=options)
+  state2 = init_fn()
+  host_state = host_copy(state2)
   state1 = to_mesh(host_state, mesh1)
   assert len(state1.g.params['lstm_fc']['kernel'].sharding.device_set) == 1
-  step1 = atnet_steps.jit_train_step(config, mesh1)
+  assert len(state2.g.params['lstm_fc']['kernel'].sharding.device_set) == 2
+  step1 = atnet_steps.jit_train_step(config, mesh1, compiler_options=options)
   bf16_config = atnet_config(compute_dtype='bfloat16')
   bf16_step = atnet_steps.jit_train_step(bf16_config, mesh1)
   state_bf16 = to_mesh(host_state, mesh1)
   for i in range(2):
-    state8, m8 = step_fn(state8, on(mesh8, atnet_batch(i)))
+    batch = on(mesh2, atnet_batch(i))
+    assert len(batch['mfcc'].sharding.device_set) == 2
+    state2, m2 = step2(state2, batch)
     state1, m1 = step1(state1, on(mesh1, atnet_batch(i)))
     state_bf16, m_bf16 = bf16_step(state_bf16, on(mesh1, atnet_batch(i)))
-    np.testing.assert_allclose(m8['train/loss'], m1['train/loss'], rtol=1e-5)
+    np.testing.assert_allclose(m2['train/loss'], m1['train/loss'], rtol=1e-5)
     assert_finite(m_bf16)
   # Adam moves every parameter by ~lr per step whatever the gradient's size,
   # so an atol of lr / 100 catches any update whose sign differs.
-  assert_trees_close(state8, state1, rtol=1e-4,
+  assert_trees_close(state2, state1, rtol=1e-4,
                      atol=0.01 * config.optim.learning_rate)
   # bfloat16 compute keeps float32 parameters, statistics and moments.
   for leaf in jax.tree.leaves(state_bf16):
@@ -409,23 +432,23 @@ def run_loop(setup, mesh, workdir, num_steps, *, position=None, state=None,
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(atnet_setup, mesh8, tmp_path_factory):
+def uninterrupted(atnet_setup, mesh2, tmp_path_factory):
   """4 uninterrupted steps, saving every step (async) while training on."""
   workdir = tmp_path_factory.mktemp('uninterrupted')
-  state, _ = run_loop(atnet_setup, mesh8, workdir, 4)
+  state, _ = run_loop(atnet_setup, mesh2, workdir, 4)
   return host_copy(state), workdir
 
 
-def test_resume_is_bit_exact(atnet_setup, mesh8, tmp_path, uninterrupted):
+def test_resume_is_bit_exact(atnet_setup, mesh2, tmp_path, uninterrupted):
   reference, reference_dir = uninterrupted
   _, first_init, step_fn, counter = atnet_setup
   traces = counter.count
-  run_loop(atnet_setup, mesh8, tmp_path, 2)
+  run_loop(atnet_setup, mesh2, tmp_path, 2)
   # A fresh process state: new manager, an init from another key (so a wrong
   # restore cannot pass), and the iterator rebuilt from the saved position.
   config = atnet_config()
   other_init = atnet_steps.make_init_fn(config, jax.random.PRNGKey(123),
-                                        mesh8)
+                                        mesh2)
   ckpt = checkpointing.Checkpointer(tmp_path, save_interval_steps=1)
   assert ckpt.latest_step() == 2
   state, position = checkpointing.restore_or_init(ckpt, other_init)
@@ -433,7 +456,7 @@ def test_resume_is_bit_exact(atnet_setup, mesh8, tmp_path, uninterrupted):
   assert position == {'index': 2}
   with pytest.raises(AssertionError):
     assert_trees_identical(other_init().g.params, first_init().g.params)
-  final, _ = run_loop(atnet_setup, mesh8, tmp_path, 4, state=state,
+  final, _ = run_loop(atnet_setup, mesh2, tmp_path, 4, state=state,
                       position=position)
   assert_trees_identical(final, reference)
   assert counter.count == traces  # Restored arrays did not force a retrace.
@@ -451,7 +474,7 @@ def test_resume_is_bit_exact(atnet_setup, mesh8, tmp_path, uninterrupted):
 
 
 def test_sigterm_saves_at_step_boundary_then_resumes_exactly(
-    atnet_setup, mesh8, tmp_path, uninterrupted):
+    atnet_setup, mesh2, tmp_path, uninterrupted):
   reference, _ = uninterrupted
 
   def send_sigterm(index, _):
@@ -461,19 +484,19 @@ def test_sigterm_saves_at_step_boundary_then_resumes_exactly(
   previous_handler = signal.getsignal(signal.SIGTERM)
   with preemption_lib.PreemptionHandler() as preemption:
     with pytest.raises(SystemExit) as exit_info:
-      run_loop(atnet_setup, mesh8, tmp_path, 4, on_next=send_sigterm,
+      run_loop(atnet_setup, mesh2, tmp_path, 4, on_next=send_sigterm,
                preemption=preemption)
   assert exit_info.value.code == 0
   assert signal.getsignal(signal.SIGTERM) is previous_handler
   ckpt = checkpointing.Checkpointer(tmp_path)
   assert ckpt.latest_step() == 2
   ckpt.close()
-  final, batches = run_loop(atnet_setup, mesh8, tmp_path, 4)
+  final, batches = run_loop(atnet_setup, mesh2, tmp_path, 4)
   assert batches.index == 4
   assert_trees_identical(final, reference)
 
 
-def test_nan_loss_raises_naming_the_step(atnet_setup, mesh8, tmp_path):
+def test_nan_loss_raises_naming_the_step(atnet_setup, mesh2, tmp_path):
 
   def poison(index, batch):
     if index == 2:
@@ -481,7 +504,7 @@ def test_nan_loss_raises_naming_the_step(atnet_setup, mesh8, tmp_path):
 
   with pytest.raises(checkpointing.NonFiniteLossError,
                      match=r'step 3\b.*train/loss = nan'):
-    run_loop(atnet_setup, mesh8, tmp_path, 4, on_next=poison)
+    run_loop(atnet_setup, mesh2, tmp_path, 4, on_next=poison)
   ckpt = checkpointing.Checkpointer(tmp_path)
   assert ckpt.latest_step() == 2  # The non-finite step was never saved.
   ckpt.close()
