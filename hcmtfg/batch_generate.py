@@ -171,7 +171,8 @@ def run_one(generator: generate.Generator, analyzer, job: Job, options: Options,
         preset=options.preset))
     side = (stack.enter_context(video_lib.VideoWriter(
         intermediates_path(job.output), fps=generate.FPS, audio=track,
-        audio_sample_rate=rate, preset=options.preset)) if options.save_intermediates else None)
+        audio_sample_rate=rate, preset=options.preset))
+            if options.save_intermediates else None)
     bar = None
     if options.progress and options.pairs is None:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top

@@ -38,8 +38,8 @@ AUDIO_SAMPLE_RATE = 16000
 # quality (crf). Generated videos use FAST_PRESET: on a 10-s 512x512 paste-back
 # video it takes 0.8 CPU-s against medium's 1.3 (x264's own default), and the
 # files were smaller too (the frames are smooth).
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
-                "slow", "slower", "veryslow", "placebo")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast",
+                "medium", "slow", "slower", "veryslow", "placebo")
 FAST_PRESET = "veryfast"
 
 # imageio-ffmpeg's reader puts ffmpeg in a process group of its own unless told

@@ -81,8 +81,9 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Batch mode: regenerate "
                                "outputs that already exist (single mode always "
                                "writes).")
 _PRESET = flags.DEFINE_enum(
-    "preset", video_lib.FAST_PRESET, video_lib.X264_PRESETS, "x264 preset of the videos (ultrafast ... "
-    "veryslow: slower makes smaller files at the same quality).")
+    "preset", video_lib.FAST_PRESET, video_lib.X264_PRESETS,
+    "x264 preset of the videos (ultrafast ... veryslow: slower makes smaller "
+    "files at the same quality).")
 _CACHE = compile_cache.define_flag()
 
 

@@ -72,7 +72,8 @@ _MAX_QUEUED = flags.DEFINE_integer("max_queued", 8, "Videos waiting before new "
 _KEEP_MINUTES = flags.DEFINE_float("keep_minutes", 30.0, "Finished videos are "
                                    "kept this long for download.")
 _PRESET = flags.DEFINE_enum("preset", video_lib.FAST_PRESET,
-                            video_lib.X264_PRESETS, "x264 preset of the videos.")
+                            video_lib.X264_PRESETS,
+                            "x264 preset of the videos.")
 _CACHE = compile_cache.define_flag()
 
 

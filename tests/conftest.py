@@ -1,4 +1,4 @@
-"""Shared test set-up: 8 fake CPU devices, compile flags, and the skip-or-fail rule.
+"""Test set-up: 8 fake CPU devices, compile flags, the skip-or-fail rule.
 
 XLA_FLAGS must be set before jax is imported anywhere, hence at the top of conftest.
 Tests that need `../shared/data` or torch skip with a reason on a user's machine, but
