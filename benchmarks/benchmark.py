@@ -49,7 +49,7 @@ with other jobs, where a spinning thread's partner may be descheduled), or
 'active' (spin forever: the idle torch threads then take a core from our side
 between the release's calls, which cut our measured matmul rate by a third,
 so do not compare with it in one process). Our inference cases use the
-variables as hcmtfg.generate holds them: with the Winograd kernel transforms
+variables as hcmtfg.inference.generate holds them: with the Winograd kernel transforms
 of the fixed weights computed once
 (hcmtfg.models.winograd.with_transformed_kernels).
 --device runs JAX only (no torch), f32 and bf16 rows
@@ -100,7 +100,7 @@ _COMPILER_OPTIONS = flags.DEFINE_string(
     "compiler_options", "", "JSON object of XLA options for our executables "
     "(per computation, e.g. '{\"xla_cpu_experimental_ynn_fusion_type\": "
     "\"\"}' for Eigen instead of YNNPACK convolutions); not applied inside "
-    "hcmtfg.generate.")
+    "hcmtfg.inference.generate.")
 _OMP_WAIT_POLICY = flags.DEFINE_enum(
     "omp_wait_policy", "default", ["default", "passive", "active"],
     "OpenMP wait policy of torch's threads (read when torch is imported): "

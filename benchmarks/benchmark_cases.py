@@ -20,10 +20,10 @@ import numpy as np
 
 from configs import atnet as atnet_configs
 from configs import vgnet as vgnet_configs
-from hcmtfg import atnet_steps
-from hcmtfg import sharding
-from hcmtfg import train_state as ts
-from hcmtfg import vgnet_steps
+from hcmtfg.train import atnet_steps
+from hcmtfg.runtime import sharding
+from hcmtfg.train import train_state as ts
+from hcmtfg.train import vgnet_steps
 from hcmtfg.models import at_net
 from hcmtfg.models import winograd
 from benchmarks import benchmark_generate
@@ -56,7 +56,7 @@ def _matmul(options: Options) -> Case:
 
 
 def _with_transformed_kernels(module, variables):
-  """Inference variables as `hcmtfg.generate.Generator` holds them: with the
+  """Inference variables as `hcmtfg.inference.generate.Generator` holds them: with the
   Winograd kernel transforms of the fixed weights computed once."""
   return winograd.with_transformed_kernels(module, variables,
                                            *module.dummy_inputs(), train=False)

@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from hcmtfg import audio
+from hcmtfg.features import audio
 from hcmtfg import paths
 from hcmtfg.errors import InputError
 

@@ -7,10 +7,10 @@ import tempfile
 import jax.numpy as jnp
 import numpy as np
 
-from hcmtfg import audio
-from hcmtfg import generate
-from hcmtfg import landmarks as landmarks_lib
-from hcmtfg import streaming
+from hcmtfg.features import audio
+from hcmtfg.inference import generate
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.inference import chunked
 from hcmtfg.models import at_net
 from benchmarks import benchmark_setup as setup
 from benchmarks.benchmark_setup import Case
@@ -57,15 +57,15 @@ class _Generation:
     """`generate.generate_chunks` end to end; FLOPs of its chunk functions."""
     gen, chunk = self.generator, generate.CHUNK_FRAMES
     num_chunks = -(-self.num_frames // chunk)
-    at_fn = lambda v, c, e, m: streaming.atnet_chunk(gen.atnet, v, c, e, m)
+    at_fn = lambda v, c, e, m: chunked.atnet_chunk(gen.atnet, v, c, e, m)
     _, at_info = setup.compile_aot(
-        at_fn, gen.atnet_variables, streaming.atnet_initial_carry(gen.atnet),
+        at_fn, gen.atnet_variables, chunked.atnet_initial_carry(gen.atnet),
         jnp.zeros((1, gen.atnet.pca_dim)), jnp.zeros((1, chunk, 28, 12)),
         options=self.options, default_options=at_net.compiler_options)
-    vg_fn = lambda v, c, *a: streaming.vgnet_chunk(gen.vgnet, v, c, *a)
+    vg_fn = lambda v, c, *a: chunked.vgnet_chunk(gen.vgnet, v, c, *a)
     s = gen.image_size
     _, vg_info = setup.compile_aot(
-        vg_fn, gen.vgnet_variables, streaming.vgnet_initial_carry(gen.vgnet),
+        vg_fn, gen.vgnet_variables, chunked.vgnet_initial_carry(gen.vgnet),
         jnp.zeros((1, s, s, 3)), jnp.zeros((1, chunk, 136)),
         jnp.zeros((1, 136)), options=self.options)
     flops = num_chunks * (at_info["flops"] + vg_info["flops"])

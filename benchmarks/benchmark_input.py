@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 
 import data_pipelines  # noqa: F401  (registers the builders)
 from data_pipelines import build
-from hcmtfg import input_pipeline
+from hcmtfg.data import input_pipeline
 from hcmtfg import paths
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")

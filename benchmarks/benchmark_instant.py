@@ -79,8 +79,8 @@ def _write_networks(folder: str, size: str) -> tuple[str, str]:
   import jax  # pylint: disable=g-import-not-at-top
   from configs import atnet as atnet_config  # pylint: disable=g-import-not-at-top
   from configs import vgnet as vgnet_config  # pylint: disable=g-import-not-at-top
-  from hcmtfg import checkpoint_io  # pylint: disable=g-import-not-at-top
-  from hcmtfg import landmarks  # pylint: disable=g-import-not-at-top
+  from hcmtfg.weights import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from hcmtfg.features import landmarks  # pylint: disable=g-import-not-at-top
   from hcmtfg import models  # pylint: disable=g-import-not-at-top
   if size == "full":
     atnet, vgnet = models.ATNet(), models.VGNet()

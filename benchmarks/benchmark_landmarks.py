@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from skimage import data as sk_data
 
-from hcmtfg import face
+from hcmtfg.features import face
 from hcmtfg import paths
 from hcmtfg.errors import InputError
 
@@ -71,7 +71,7 @@ def main(argv):
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
   cv2.setNumThreads(1)
   if _VIDEO.value:
-    from hcmtfg import video  # pylint: disable=g-import-not-at-top
+    from hcmtfg.media import video  # pylint: disable=g-import-not-at-top
     try:
       frames = video.read_video(paths.user_path(_VIDEO.value),
                                 with_audio=False).frames

@@ -5,7 +5,7 @@ implementation: a zero-argument `run` that does one unit of work and returns
 when it is done, the FLOPs of one call (from XLA's cost analysis of our
 compiled executable; the PyTorch side does the same arithmetic) and the bytes
 of the arrays the side keeps alive. Both sides get the same weights (the
-PyTorch networks' random initialisation, converted with `hcmtfg.convert_torch`)
+PyTorch networks' random initialisation, converted with `hcmtfg.weights.convert_torch`)
 and the same inputs.
 """
 
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hcmtfg import convert_torch
+from hcmtfg.weights import convert_torch
 from hcmtfg import models
 
 
@@ -37,7 +37,7 @@ class Options:
     with_release: build the PyTorch side (and take our weights from it);
       False in device mode, where torch need not be installed.
     compiler_options: JSON object of XLA options for our executables that
-      the benchmark compiles (not those `hcmtfg.generate` jits itself).
+      the benchmark compiles (not those `hcmtfg.inference.generate` jits itself).
   """
   tiny: bool = False
   paper_mode: bool = False
@@ -267,7 +267,7 @@ def at_inputs(batch: int, frames: int, seed: int) -> dict[str, np.ndarray]:
 
 def vg_inputs(batch: int, frames: int, size: int,
               seed: int) -> dict[str, np.ndarray]:
-  """VG-net batch (NHWC, see `hcmtfg.vgnet_steps`): images in [-1, 1]."""
+  """VG-net batch (NHWC, see `hcmtfg.train.vgnet_steps`): images in [-1, 1]."""
   rng = np.random.default_rng(seed)
   example = rng.normal(0, 0.3, (batch, 136)).astype(np.float32)
   return {

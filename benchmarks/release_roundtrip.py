@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hcmtfg import audio
-from hcmtfg import checkpoint_io
-from hcmtfg import convert_torch
+from hcmtfg.features import audio
+from hcmtfg.weights import checkpoint_io
+from hcmtfg.weights import convert_torch
 from hcmtfg import models
 from hcmtfg import paths
 

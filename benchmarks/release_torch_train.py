@@ -17,7 +17,7 @@ as stated below (its defaults), not copied from the release:
        gradients are computed for them; the cheapest faithful baseline).
   `detached_gan=True` feeds D a detached fake in the G step (the release's
   quirk: only the pixel loss then trains G), as `loss.release_detached_gan` in
-  `hcmtfg.vgnet_steps`.
+  `hcmtfg.train.vgnet_steps`.
 
 Tensors are PyTorch-layout: images (N, 3, H, W), clips (N, T, 3, H, W).
 """

@@ -35,7 +35,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 import data_pipelines  # registers the builders.
-from hcmtfg import locking
+from hcmtfg.train import locking
 from hcmtfg import paths
 from hcmtfg.errors import InputError
 
@@ -141,7 +141,7 @@ def prepare_dataset(data) -> tfds.core.DatasetBuilder:
   A missing dataset is built first when `data.build_if_missing` allows it:
   process 0 builds, the others wait and build only if they cannot see its
   result (e.g. on a per-host disk). `launch.train`, the demo and the learning
-  study hand the result to the trainer (`hcmtfg.training.train`).
+  study hand the result to the trainer (`hcmtfg.train.trainer.train`).
 
   Args:
     data: `config.data` of configs/atnet.py or configs/vgnet.py (name, config,

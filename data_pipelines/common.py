@@ -3,7 +3,7 @@
 A concrete builder only lists its clips (`_clip_sources`: split name -> ClipSource
 list, in a fixed order) and says what its label means. This base class then
 
-* turns each clip into one example with `hcmtfg.clip_features.extract_clip`: face
+* turns each clip into one example with `hcmtfg.features.clip_features.extract_clip`: face
   crops (T, 128, 128, 3) as JPEG or PNG frames (builder config), crop-space landmarks
   (T, 68, 2), normalised landmarks (T, 136), MFCC (M, 13), frame count, id, label;
 * generates either with a plain Python generator (default), or, when the
@@ -18,7 +18,7 @@ list, in a fixed order) and says what its label means. This base class then
 * fits the landmark PCA (6 components, x5 convention) on the training split's
   normalised landmarks after the splits are written and saves it as
   `landmark_pca.npz` beside the TFRecords (`<data_dir>/<name>/<config>/<version>/`),
-  where `hcmtfg.input_pipeline.load_dataset_pca` finds it.
+  where `hcmtfg.data.input_pipeline.load_dataset_pca` finds it.
 
 TFDS writes everything into a temporary `*.incomplete*` directory and renames it
 only when generation, metadata and PCA have all succeeded, so a killed build never
@@ -37,9 +37,9 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from hcmtfg import clip_features
-from hcmtfg import faults
-from hcmtfg import landmarks as landmarks_lib
+from hcmtfg.features import clip_features
+from hcmtfg.runtime import faults
+from hcmtfg.features import landmarks as landmarks_lib
 
 VERSION = tfds.core.Version("1.0.0")
 RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -56,7 +56,7 @@ def worker_analyzer():
   """The FaceAnalyzer of this process (dlib models load once, never pickled)."""
   global _ANALYZER
   if _ANALYZER is None:
-    from hcmtfg import face  # pylint: disable=g-import-not-at-top
+    from hcmtfg.features import face  # pylint: disable=g-import-not-at-top
     logging.info("process %d: loading the dlib face models", os.getpid())
     _ANALYZER = face.FaceAnalyzer()
   return _ANALYZER
@@ -313,7 +313,7 @@ def fit_and_save_pca(builder: tfds.core.DatasetBuilder,
   Reads only the `normalized_landmarks` feature of (at most `max_examples`
   examples of) the split, accumulates the mean and covariance of every frame
   (streaming, constant memory) and keeps the top `num_components` components with
-  the release's x5 scale -- the PCA `hcmtfg.landmarks.fit_pca` would fit to all
+  the release's x5 scale -- the PCA `hcmtfg.features.landmarks.fit_pca` would fit to all
   those frames -- then saves it to `input_pipeline.dataset_pca_path(builder)`.
 
   Returns:
@@ -334,7 +334,7 @@ def fit_and_save_pca(builder: tfds.core.DatasetBuilder,
   if moments.count < 2:
     return {"error": f"split {split!r} has fewer than two frames"}
   pca = moments.pca(num_components, landmarks_lib.RELEASE_PCA_SCALE)
-  from hcmtfg import input_pipeline  # pylint: disable=g-import-not-at-top
+  from hcmtfg.data import input_pipeline  # pylint: disable=g-import-not-at-top
   path = input_pipeline.dataset_pca_path(builder)
   landmarks_lib.save_pca(path, pca)
   os.chmod(path, 0o644)

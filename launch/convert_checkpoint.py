@@ -8,7 +8,7 @@ Writes <output_dir>/atnet, <output_dir>/vgnet and/or <output_dir>/discriminator
 (one per given checkpoint; paths may be relative or start with `~`), each
 holding the Flax variables and the JSON model
 config of the network that uses them; read them back with
-`hcmtfg.checkpoint_io.load_converted(output_dir, name)`. Needs torch
+`hcmtfg.weights.checkpoint_io.load_converted(output_dir, name)`. Needs torch
 (requirements-torch.txt).
 """
 
@@ -16,8 +16,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from hcmtfg import checkpoint_io
-from hcmtfg import convert_torch
+from hcmtfg.weights import checkpoint_io
+from hcmtfg.weights import convert_torch
 from hcmtfg import models
 from hcmtfg import paths
 from hcmtfg.errors import InputError

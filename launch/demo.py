@@ -19,7 +19,7 @@ Stages (each prints its wall time; a re-run skips what is already done):
                (DIR/contact_sheet.png) and the video's mouth metrics
                (DIR/talking_metrics.json, printed): the inner-lip aperture
                dlib finds on it against AT-net's landmarks and against the
-               speech's loudness (`hcmtfg.mouth_metrics`).
+               speech's loudness (`hcmtfg.evaluation.mouth_metrics`).
 
 Training runs in this process with the configs' `synthetic` (`tiny` with
 --quick) variants and the overrides printed at the start of the stage, which
@@ -42,7 +42,7 @@ from absl import app
 from absl import flags
 
 from hcmtfg import atomic
-from hcmtfg import compile_cache
+from hcmtfg.runtime import compile_cache
 from hcmtfg import paths
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_output",
@@ -160,14 +160,14 @@ def stamp(out: str, name: str, key: dict[str, Any]) -> None:
 def video_talking_metrics(workdirs: dict[str, str], photo: str, speech: str,
                           video: str) -> dict[str, float]:
   """Mouth metrics of the generated video against AT-net's landmarks and the
-  speech (`hcmtfg.mouth_metrics.talking_metrics`); dlib reads the pasted-back
+  speech (`hcmtfg.evaluation.mouth_metrics.talking_metrics`); dlib reads the pasted-back
   frames, where the face has the photo's resolution."""
   # pylint: disable=g-import-not-at-top
-  from hcmtfg import audio as audio_lib
-  from hcmtfg import face as face_lib
-  from hcmtfg import generate
-  from hcmtfg import mouth_metrics
-  from hcmtfg import video as video_lib
+  from hcmtfg.features import audio as audio_lib
+  from hcmtfg.features import face as face_lib
+  from hcmtfg.inference import generate
+  from hcmtfg.evaluation import mouth_metrics
+  from hcmtfg.media import video as video_lib
   # pylint: enable=g-import-not-at-top
   generator = generate.load_generator_networks(workdirs["atnet"],
                                                workdirs["vgnet"])
@@ -189,14 +189,14 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
   from data_pipelines import build
   from data_pipelines.synthetic import sentence
-  from hcmtfg import batch_generate
-  from hcmtfg import demo_media
-  from hcmtfg import evaluation_report
-  from hcmtfg import image_io
-  from hcmtfg import mouth_metrics
-  from hcmtfg import summaries
-  from hcmtfg import training
-  from hcmtfg import video as video_lib
+  from hcmtfg.inference import batch_generate
+  from hcmtfg.inference import demo_media
+  from hcmtfg.evaluation import report
+  from hcmtfg.media import image_io
+  from hcmtfg.evaluation import mouth_metrics
+  from hcmtfg.train import summaries
+  from hcmtfg.train import trainer
+  from hcmtfg.media import video as video_lib
   # pylint: enable=g-import-not-at-top
   summaries.quiet_library_logs()
   # A re-run, or a later launch.generate / launch.serve, loads what this run
@@ -227,7 +227,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
         say(f"{workdir} is at step {done}: already trained")
         continue
       say(f"python -m launch.train {command} --workdir={workdir}")
-      training.train(config, workdir, build.prepare_dataset(config.data))
+      trainer.train(config, workdir, build.prepare_dataset(config.data))
 
   checkpoints = {n: f"{w}@{latest_step(w)}" for n, w in workdirs.items()}
   eval_dir = os.path.join(out, "eval")
@@ -239,7 +239,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
       with open(metrics_md, encoding="utf-8") as f:
         print(f.read())
     else:
-      evaluation_report.run(workdirs["atnet"], workdirs["vgnet"], eval_dir,
+      report.run(workdirs["atnet"], workdirs["vgnet"], eval_dir,
                             load_builder=build.load_builder,
                             dataset="synthetic_talking_faces",
                             data_dir=data_dir, config=mode["data_config"],

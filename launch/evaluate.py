@@ -8,8 +8,8 @@ Each clip is generated from its first frame and its audio, through the whole
 cascade (AT-net -> VG-net) and, separately, by VG-net from the true landmarks;
 SSIM/PSNR (the release's conventions and plain RGB), LMD, CPBD, AT-net's
 landmark errors, the mouth aperture's correlation with the driving landmarks
-and a lip-sync proxy (`hcmtfg.mouth_metrics`) are reported as mean +- std over
-clips (`hcmtfg.evaluation` documents every convention). Writes
+and a lip-sync proxy (`hcmtfg.evaluation.mouth_metrics`) are reported as mean +- std over
+clips (`hcmtfg.evaluation.evaluate` documents every convention). Writes
 OUTPUT_DIR/metrics.json (per-clip values included) and OUTPUT_DIR/metrics.md,
 and prints the table.
 
@@ -18,7 +18,7 @@ default to the ones recorded in the AT-net workdir's config.json. Paths may be
 relative, start with `~` or contain spaces; workdirs and --data_dir may be
 gs:// URLs.
 
-The work is done by `hcmtfg.evaluation_report`; this module is its command
+The work is done by `hcmtfg.evaluation.report`; this module is its command
 line.
 """
 
@@ -30,8 +30,8 @@ from absl import app
 from absl import flags
 
 from data_pipelines import build
-from hcmtfg import compile_cache
-from hcmtfg import evaluation_report
+from hcmtfg.runtime import compile_cache
+from hcmtfg.evaluation import report
 from hcmtfg.errors import InputError
 
 _ATNET = flags.DEFINE_string(
@@ -75,7 +75,7 @@ def main(argv):
       _THREADS.value is not None and _THREADS.value < 1):
     raise app.UsageError("--batch_size, --chunk_frames, --threads must be >= 1")
   try:
-    evaluation_report.run(
+    report.run(
         _ATNET.value, _VGNET.value, _OUTPUT_DIR.value,
         load_builder=build.load_builder, dataset=_DATASET.value,
         data_dir=_DATA_DIR.value, config=_CONFIG.value, split=_SPLIT.value,

@@ -30,7 +30,7 @@ local or gs://) or a folder of converted release weights
 (launch.convert_checkpoint; then --pca or --release_basics_dir provide the PCA,
 and the release's coefficient scaling is on unless --norelease_coef_scaling).
 
-The work is done by `hcmtfg.batch_generate`; this module is its command line.
+The work is done by `hcmtfg.inference.batch_generate`; this module is its command line.
 """
 
 from __future__ import annotations
@@ -38,13 +38,13 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
-from hcmtfg import allocator
-from hcmtfg import batch_generate
-from hcmtfg import compile_cache
-from hcmtfg import generate
-from hcmtfg import pipeline
-from hcmtfg import quick_exit
-from hcmtfg import video as video_lib
+from hcmtfg.runtime import allocator
+from hcmtfg.inference import batch_generate
+from hcmtfg.runtime import compile_cache
+from hcmtfg.inference import generate
+from hcmtfg.inference import networks as networks_lib
+from hcmtfg.runtime import quick_exit
+from hcmtfg.media import video as video_lib
 
 _IMAGE = flags.DEFINE_string("image", None, "Face photo (any format PIL reads).")
 _AUDIO = flags.DEFINE_string("audio", None, "Speech (wav/flac/mp3/..., any rate, "
@@ -100,7 +100,7 @@ def main(argv):
   if _CHUNK_FRAMES.value < 1:
     raise app.UsageError("--chunk_frames must be >= 1")
   allocator.keep_freed_memory()  # before the networks run: no page faults
-  pipeline.split_cpu_device()  # AT-net beside VG-net
+  networks_lib.split_cpu_device()  # AT-net beside VG-net
   compile_cache.enable(_CACHE.value)
   return batch_generate.run(batch_generate.Options(
       atnet_workdir=_ATNET.value, vgnet_workdir=_VGNET.value, image=_IMAGE.value,

@@ -9,11 +9,11 @@ Trains each variant (the full model; plain L1 instead of the dynamic
 pixel-wise loss; no landmark regression in the discriminator; no attention)
 with the one trainer in DIR/<variant>, checkpointing every K steps, scores VG-net
 alone on the true landmarks of the split at each of those checkpoints
-(`hcmtfg.evaluation`), with the example frame repeated as the baseline, and
+(`hcmtfg.evaluation.evaluate`), with the example frame repeated as the baseline, and
 writes DIR/learning_study.md (the table, the command, the wall time) and
 DIR/learning_study.png (a panel per metric against steps). Running the same
 command again continues where it stopped; a larger --steps extends the curves.
-`hcmtfg.learning_study` documents the files.
+`hcmtfg.evaluation.learning_study` documents the files.
 
 --steps defaults to the config's num_train_steps and --eval_every to its
 eval_every_steps; --data_dir defaults to DIR/data (a synthetic corpus is built
@@ -72,8 +72,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   # pylint: disable=g-import-not-at-top  (heavy imports after flag parsing)
   from data_pipelines import build
-  from hcmtfg import learning_study
-  from hcmtfg import summaries
+  from hcmtfg.evaluation import learning_study
+  from hcmtfg.train import summaries
   from hcmtfg.errors import InputError
   # pylint: enable=g-import-not-at-top
   if not _OUTPUT_DIR.value:

@@ -4,7 +4,7 @@ r"""Serves talking-face generation from warm networks: a web page and an API.
       [--host=127.0.0.1] [--port=8000] [--pca=... | --release_basics_dir=...]
 
 Loads the networks once, compiles their chunk steps (or loads them from the
-persistent compilation cache, see hcmtfg/compile_cache.py), then serves
+persistent compilation cache, see hcmtfg/runtime/compile_cache.py), then serves
   http://HOST:PORT/             a page: upload or record a photo and speech,
                                 watch the frames come, get the mp4
   http://HOST:PORT/api/...      the same for scripts (hcmtfg/server/web.py
@@ -28,12 +28,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from hcmtfg import allocator
-from hcmtfg import compile_cache
-from hcmtfg import generate
+from hcmtfg.runtime import allocator
+from hcmtfg.runtime import compile_cache
+from hcmtfg.inference import generate
 from hcmtfg import paths
-from hcmtfg import pipeline as pipeline_lib
-from hcmtfg import video as video_lib
+from hcmtfg.inference import networks as networks_lib
+from hcmtfg.media import video as video_lib
 from hcmtfg.errors import InputError
 from hcmtfg.server import uploads
 from hcmtfg.server import web
@@ -88,16 +88,16 @@ def main(argv):
     raise app.UsageError("the limits must be positive")
   start = time.perf_counter()
   allocator.keep_freed_memory()  # before the networks run: no page faults
-  pipeline_lib.split_cpu_device()  # AT-net beside VG-net
+  networks_lib.split_cpu_device()  # AT-net beside VG-net
   compile_cache.enable(_CACHE.value)
-  options = pipeline_lib.NetworkOptions(
+  options = networks_lib.NetworkOptions(
       atnet_workdir=paths.user_path(_ATNET.value),
       vgnet_workdir=paths.user_path(_VGNET.value),
       pca=paths.user_path(_PCA.value),
       release_basics_dir=paths.user_path(_BASICS.value),
       release_coef_scaling=_COEF_SCALING.value, min_face_size=_MIN_FACE.value)
   try:
-    pipeline = pipeline_lib.Pipeline.load(options)
+    pipeline = networks_lib.Pipeline.load(options)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

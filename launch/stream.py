@@ -7,7 +7,7 @@ r"""Streams a talking face: frames come out while the speech is still going in.
   python -m launch.stream ... --format=raw --output=- | \
       ffplay -f rawvideo -pixel_format rgb24 -video_size SxS -framerate 25 -
   # Like a live microphone: speech released at its own pace, latency reported:
-  python -m launch.stream ... --realtime --paste_back --output=live.mp4
+  python -m launch.stream ... --realtime --paste_back --output=realtime_lib.mp4
 
 The speech is fed in 20-ms blocks (--block_ms); every chunk of --chunk_frames
 frames is generated as soon as its speech (plus the method's 135 ms
@@ -29,15 +29,15 @@ import time
 from absl import app
 from absl import flags
 
-from hcmtfg import allocator
+from hcmtfg.runtime import allocator
 from hcmtfg import atomic
-from hcmtfg import audio as audio_lib
-from hcmtfg import compile_cache
-from hcmtfg import generate
-from hcmtfg import live
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.runtime import compile_cache
+from hcmtfg.inference import generate
+from hcmtfg.inference import realtime as realtime_lib
 from hcmtfg import paths
-from hcmtfg import pipeline as pipeline_lib
-from hcmtfg import quick_exit
+from hcmtfg.inference import networks as networks_lib
+from hcmtfg.runtime import quick_exit
 from hcmtfg.errors import InputError
 
 _IMAGE = flags.DEFINE_string("image", None, "Face photo.")
@@ -87,20 +87,20 @@ def main(argv):
                          "must be positive")
   start = time.perf_counter()
   allocator.keep_freed_memory()  # before the networks run: no page faults
-  pipeline_lib.split_cpu_device()  # AT-net beside VG-net
+  networks_lib.split_cpu_device()  # AT-net beside VG-net
   compile_cache.enable(_CACHE.value)
   image, audio, report_path = (paths.user_path(p) for p in (
       _IMAGE.value, _AUDIO.value, _REPORT.value))
   output = _OUTPUT.value if _OUTPUT.value == "-" else paths.user_path(
       _OUTPUT.value)
-  options = pipeline_lib.NetworkOptions(
+  options = networks_lib.NetworkOptions(
       atnet_workdir=paths.user_path(_ATNET.value),
       vgnet_workdir=paths.user_path(_VGNET.value),
       pca=paths.user_path(_PCA.value),
       release_basics_dir=paths.user_path(_BASICS.value),
       release_coef_scaling=_COEF_SCALING.value, min_face_size=_MIN_FACE.value)
   try:
-    pipeline = pipeline_lib.Pipeline.load(options)
+    pipeline = networks_lib.Pipeline.load(options)
     speech = audio_lib.load_audio(audio)
     track, rate = generate.output_audio(audio, speech)
     photo_start = time.perf_counter()
@@ -112,18 +112,18 @@ def main(argv):
   first = _FIRST_CHUNK.value or _CHUNK.value
   warm = pipeline.warm_up((first, _CHUNK.value))
   if _FORMAT.value == "raw":
-    sink = live.RawWriter(sys.stdout.buffer)
-    h, w = pipeline_lib.Renderer(photo, pipeline.image_size,
+    sink = realtime_lib.RawWriter(sys.stdout.buffer)
+    h, w = networks_lib.Renderer(photo, pipeline.image_size,
                                  paste_back=_PASTE_BACK.value).frame_shape
     print(f"raw rgb24 frames, {w}x{h} at 25 fps: | ffplay -f rawvideo "
           f"-pixel_format rgb24 -video_size {w}x{h} -framerate 25 -",
           file=sys.stderr, flush=True)
   else:
-    sink = live.FragmentedMp4Writer(output, audio=track,
+    sink = realtime_lib.FragmentedMp4Writer(output, audio=track,
                                     audio_sample_rate=rate)
   ready = time.perf_counter() - start
   try:
-    report = live.run(pipeline, photo, speech, sink, chunk_frames=_CHUNK.value,
+    report = realtime_lib.run(pipeline, photo, speech, sink, chunk_frames=_CHUNK.value,
                       first_chunk_frames=first, paste_back=_PASTE_BACK.value,
                       realtime=_REALTIME.value, block_ms=_BLOCK_MS.value)
   except BaseException:

@@ -16,7 +16,7 @@ be a gs:// URL.
 
 The dataset of `config.data` is prepared here (a missing synthetic corpus is
 built first: `data_pipelines.build.prepare_dataset`) and handed to the trainer,
-`hcmtfg.training.train`.
+`hcmtfg.train.trainer.train`.
 
 Several processes (hosts): on a Cloud TPU VM slice or under Slurm/Open MPI the
 processes find each other automatically (`--jax_distributed` forces or, with
@@ -35,13 +35,13 @@ import jax
 from ml_collections import config_flags
 
 from data_pipelines import build
-from hcmtfg import checkpointing
-from hcmtfg import compile_cache
+from hcmtfg.train import checkpoints as checkpoints_lib
+from hcmtfg.runtime import compile_cache
 from hcmtfg import paths
-from hcmtfg import sharding
-from hcmtfg import summaries
-from hcmtfg import training
-from hcmtfg import workdir as workdir_lib
+from hcmtfg.runtime import sharding
+from hcmtfg.train import summaries
+from hcmtfg.train import trainer as trainer_lib
+from hcmtfg.train import workdir as workdir_lib
 from hcmtfg.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -92,8 +92,8 @@ def main(argv):
     config, workdir = _CONFIG.value, paths.user_path(_WORKDIR.value)
     workdir_lib.check_writable(workdir)  # before a dataset build, which is long
     builder = build.prepare_dataset(config.data)  # built here if missing
-    training.train(config, workdir, builder)
-  except (InputError, checkpointing.CheckpointError) as e:
+    trainer_lib.train(config, workdir, builder)
+  except (InputError, checkpoints_lib.CheckpointError) as e:
     # Bad input, a second trainer on the workdir, no restorable checkpoint,
     # a failed save (disk full): one clear line, exit code 1.
     raise SystemExit(f'error: {e}') from e

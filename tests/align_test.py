@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.align: the release's crop & align, our template, clip alignment."""
+"""Tests of hcmtfg.features.align: the release's crop & align, our template, clip alignment."""
 
 import dataclasses
 import warnings
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from skimage import transform as sk_transform
 
-from hcmtfg import align
-from hcmtfg import face
-from hcmtfg import image_io
+from hcmtfg.features import align
+from hcmtfg.features import face
+from hcmtfg.media import image_io
 
 GOLDEN_FACES = ("obama", "test1", "test14", "EzraMiller_00075",
                 "F03_TIMIT_SA1_131")

@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.audio: loading, MFCC parity with python_speech_features, windows."""
+"""Tests of hcmtfg.features.audio: loading, MFCC parity with python_speech_features, windows."""
 
 import math
 
@@ -7,8 +7,8 @@ import pytest
 import python_speech_features
 import soundfile
 
-from hcmtfg import audio
-from hcmtfg import video
+from hcmtfg.features import audio
+from hcmtfg.media import video
 from hcmtfg.errors import InputError
 
 SR = 16000

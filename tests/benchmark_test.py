@@ -119,8 +119,8 @@ def test_unknown_case_is_an_error(tmp_path):
 
 def _write_face_video(path: pathlib.Path, photo: pathlib.Path) -> None:
   """Three still frames of `photo` (a face), as an mp4."""
-  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
-  from hcmtfg import video  # pylint: disable=g-import-not-at-top
+  from hcmtfg.media import image_io  # pylint: disable=g-import-not-at-top
+  from hcmtfg.media import video  # pylint: disable=g-import-not-at-top
   image = image_io.load_image(photo)
   video.write_video(path, [image] * 3)
 

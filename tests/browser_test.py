@@ -20,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from hcmtfg import video as video_lib
+from hcmtfg.media import video as video_lib
 from tests import tiny_networks
 from tests.conftest import skip_or_fail
 

@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.clip_features: one video -> crops, landmarks, MFCC, or ClipError."""
+"""Tests of hcmtfg.features.clip_features: one video -> crops, landmarks, MFCC, or ClipError."""
 
 import cv2
 import numpy as np
@@ -6,11 +6,11 @@ import pytest
 from skimage import data as sk_data
 import soundfile
 
-from hcmtfg import audio
-from hcmtfg import clip_features
-from hcmtfg import face
-from hcmtfg import landmarks as landmarks_lib
-from hcmtfg import video
+from hcmtfg.features import audio
+from hcmtfg.features import clip_features
+from hcmtfg.features import face
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.media import video
 from hcmtfg.errors import InputError
 
 NUM_FRAMES = 29

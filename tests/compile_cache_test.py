@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.compile_cache: where the cache goes, and that a second
+"""Tests of hcmtfg.runtime.compile_cache: where the cache goes, and that a second
 `launch.generate` process compiles nothing (counted from JAX's monitoring
 events, which the command logs)."""
 
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from hcmtfg import compile_cache
+from hcmtfg.runtime import compile_cache
 from tests import tiny_networks
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

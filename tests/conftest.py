@@ -138,7 +138,7 @@ def max_chunk_traces(monkeypatch):
   chex.assert_max_traces on the functions the jitted chunk steps trace.
   """
   import chex  # pylint: disable=g-import-not-at-top
-  from hcmtfg import streaming  # pylint: disable=g-import-not-at-top
+  from hcmtfg.inference import chunked  # pylint: disable=g-import-not-at-top
 
   @contextlib.contextmanager
   def limit(n: int):

@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.convert_torch, checkpoint_io's converted checkpoints and the CLI.
+"""Tests of hcmtfg.weights.convert_torch, checkpoint_io's converted checkpoints and the CLI.
 
 State dicts are built from numpy arrays shaped as the release's checkpoints
 (release_state_dict_keys.txt), so most tests need no torch; numerical parity
@@ -20,8 +20,8 @@ import jax
 import numpy as np
 import pytest
 
-from hcmtfg import checkpoint_io
-from hcmtfg import convert_torch
+from hcmtfg.weights import checkpoint_io
+from hcmtfg.weights import convert_torch
 from hcmtfg import models
 from hcmtfg.errors import InputError
 from launch import convert_checkpoint

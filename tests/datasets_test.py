@@ -21,11 +21,11 @@ import data_pipelines  # noqa: F401  (registers the builders)
 from data_pipelines import build
 from data_pipelines import common
 from data_pipelines import synthetic_talking_faces
-from hcmtfg import audio
-from hcmtfg import clip_features
-from hcmtfg import input_pipeline
-from hcmtfg import landmarks as landmarks_lib
-from hcmtfg import video
+from hcmtfg.features import audio
+from hcmtfg.features import clip_features
+from hcmtfg.data import input_pipeline
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.media import video
 
 NUM_CLIPS = 10
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

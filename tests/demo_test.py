@@ -22,7 +22,7 @@ import soundfile
 
 # The demo's speech (the test's name for the module it came from).
 from data_pipelines.synthetic import sentence as demo_media
-from hcmtfg import video as video_lib
+from hcmtfg.media import video as video_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

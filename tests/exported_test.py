@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.exported: steps stored with jax.export beside the
+"""Tests of hcmtfg.runtime.exported: steps stored with jax.export beside the
 compilation cache give the same frames, and a later process does not trace
 the networks again."""
 
@@ -7,18 +7,18 @@ import os
 import numpy as np
 import pytest
 
-from hcmtfg import audio as audio_lib
-from hcmtfg import compile_cache
-from hcmtfg import exported
-from hcmtfg import generate
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.runtime import compile_cache
+from hcmtfg.runtime import exported
+from hcmtfg.inference import generate
 from hcmtfg import models
 from tests import generate_test
 
 
 @pytest.fixture(scope="module")
 def parts(shared_data):
-  from hcmtfg import face  # pylint: disable=g-import-not-at-top
-  from hcmtfg import landmarks as landmarks_lib  # pylint: disable=g-import-not-at-top
+  from hcmtfg.features import face  # pylint: disable=g-import-not-at-top
+  from hcmtfg.features import landmarks as landmarks_lib  # pylint: disable=g-import-not-at-top
   atnet = models.ATNet.from_config(generate_test.ATNET)
   vgnet = models.VGNet.from_config(generate_test.VGNET)
   pca = landmarks_lib.load_release_pca(shared_data / "atvgnet_basics")

@@ -1,13 +1,13 @@
-"""Tests of hcmtfg.face_prefetch: the child's answers equal the in-process ones."""
+"""Tests of hcmtfg.inference.face_prefetch: the child's answers equal the in-process ones."""
 
 import numpy as np
 from PIL import Image
 import pytest
 from skimage import data as sk_data
 
-from hcmtfg import face
-from hcmtfg import face_prefetch
-from hcmtfg import photo as photo_lib
+from hcmtfg.features import face
+from hcmtfg.inference import face_prefetch
+from hcmtfg.inference import photo as photo_lib
 from hcmtfg.errors import InputError
 
 

@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.face: detection, 68 landmarks, tracking (of loaded photos)."""
+"""Tests of hcmtfg.features.face: detection, 68 landmarks, tracking (of loaded photos)."""
 
 import logging
 import subprocess
@@ -10,8 +10,8 @@ from PIL import Image
 import pytest
 from skimage import data as sk_data
 
-from hcmtfg import face
-from hcmtfg import image_io
+from hcmtfg.features import face
+from hcmtfg.media import image_io
 from hcmtfg.errors import InputError
 
 

@@ -2,7 +2,7 @@
 
 Run alone with `pytest -m faults`. Processes are killed for real (SIGKILL) at
 points chosen by a seeded random generator (HCMTFG_FAULT_SEED, default 0);
-`hcmtfg.faults` (the HCMTFG_FAULT environment variable) lets a child kill or
+`hcmtfg.runtime.faults` (the HCMTFG_FAULT environment variable) lets a child kill or
 pause itself at an exact point: inside a train step, between writing a
 checkpoint and committing it, half-way through a dataset build or a video. A
 full disk is simulated with RLIMIT_FSIZE in the child (writes past the limit
@@ -42,10 +42,10 @@ import tensorflow_datasets as tfds
 
 import data_pipelines  # noqa: F401  (registers the builders)
 from data_pipelines import build
-from hcmtfg import checkpointing
-from hcmtfg import input_pipeline
-from hcmtfg import locking
-from hcmtfg import workdir as workdir_lib
+from hcmtfg.train import checkpoints as checkpoints_lib
+from hcmtfg.data import input_pipeline
+from hcmtfg.train import locking
+from hcmtfg.train import workdir as workdir_lib
 from hcmtfg.errors import InputError
 
 pytestmark = pytest.mark.faults
@@ -90,7 +90,7 @@ def _tiny_init():
 
 
 def _save_steps(directory, steps) -> None:
-  ckpt = checkpointing.Checkpointer(directory, save_interval_steps=1,
+  ckpt = checkpoints_lib.Checkpointer(directory, save_interval_steps=1,
                                     max_to_keep=None)
   state = _tiny_init()
   for step in steps:
@@ -123,9 +123,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, caplog,
     victim.write_bytes(victim.read_bytes()[:victim.stat().st_size // 3])
   else:
     victim.unlink()
-  ckpt = checkpointing.Checkpointer(tmp_path / 'ckpt', save_interval_steps=1)
+  ckpt = checkpoints_lib.Checkpointer(tmp_path / 'ckpt', save_interval_steps=1)
   with caplog.at_level('WARNING'):
-    state, position = checkpointing.restore_or_init(ckpt, _tiny_init)
+    state, position = checkpoints_lib.restore_or_init(ckpt, _tiny_init)
   assert position == {'batches': 2}
   np.testing.assert_array_equal(state['w'], np.arange(4000) + 2)
   assert f'step 3 ({tmp_path / "ckpt" / "3"}) cannot be restored' in caplog.text
@@ -142,19 +142,19 @@ def test_no_restorable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   _save_steps(tmp_path / 'ckpt', [1, 2])
   for step in (1, 2):
     _flip_bytes(_largest_array_file(tmp_path / 'ckpt' / str(step)))
-  ckpt = checkpointing.Checkpointer(tmp_path / 'ckpt')
-  with pytest.raises(checkpointing.CheckpointError,
+  ckpt = checkpoints_lib.Checkpointer(tmp_path / 'ckpt')
+  with pytest.raises(checkpoints_lib.CheckpointError,
                      match=r'(?s)no checkpoint in .* can be restored.*step 2: '
                      r'.*SHA-256 mismatch.*step 1: .*Refusing to start from '
                      r'scratch'):
-    checkpointing.restore_or_init(ckpt, _tiny_init)
+    checkpoints_lib.restore_or_init(ckpt, _tiny_init)
   assert ckpt.all_steps() == [1, 2]  # Nothing moved when nothing restores.
   ckpt.close()
 
 
 def test_checkpoints_carry_a_manifest_of_every_file(tmp_path):
   _save_steps(tmp_path, [5])
-  manifest = json.loads((tmp_path / '5' / checkpointing.MANIFEST_FILE
+  manifest = json.loads((tmp_path / '5' / checkpoints_lib.MANIFEST_FILE
                          ).read_text())
   listed = set(manifest['files'])
   on_disk = {str(p.relative_to(tmp_path / '5'))
@@ -163,8 +163,8 @@ def test_checkpoints_carry_a_manifest_of_every_file(tmp_path):
   assert {p for p in on_disk - listed
           if os.path.basename(p) not in ('_CHECKPOINT_METADATA',
                                          'commit_success.txt',
-                                         checkpointing.MANIFEST_FILE)} == set()
-  assert checkpointing.verify_manifest(tmp_path / '5')
+                                         checkpoints_lib.MANIFEST_FILE)} == set()
+  assert checkpoints_lib.verify_manifest(tmp_path / '5')
 
 
 # ----------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_checkpoints_carry_a_manifest_of_every_file(tmp_path):
 
 _HOLD_LOCK = '''
 import sys, time
-from hcmtfg import locking
+from hcmtfg.train import locking
 locking.WorkdirLock(sys.argv[1]).acquire()
 print('locked', flush=True)
 time.sleep(300)
@@ -380,13 +380,13 @@ def test_training_survives_kills_corruption_a_second_trainer_and_full_disk(
   first = _Trainer(workdir, data_root, cache, f'pause:train_step@{n}')
   first.wait_for(f'HCMTFG_FAULT: pause at train_step@{n}')
   from configs import atnet  # pylint: disable=g-import-not-at-top
-  from hcmtfg import training  # pylint: disable=g-import-not-at-top
+  from hcmtfg.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   config = atnet.get_config('tiny')
   config.data.data_dir = str(data_root / 'tfds')
   with pytest.raises(locking.WorkdirLockedError,
                      match=rf'another trainer is using this workdir \(pid '
                      rf'{first.proc.pid} on host '):
-    training.train(config, workdir, build.prepare_dataset(config.data))
+    trainer_lib.train(config, workdir, build.prepare_dataset(config.data))
   first.proc.send_signal(signal.SIGKILL)
   assert first.wait()[0] == -signal.SIGKILL
   events.append(f'external SIGKILL in step {n}')
@@ -503,7 +503,7 @@ def test_dataset_build_killed_midway_then_rerun_equals_clean_build(
 def generation_setup(tmp_path_factory, shared_data):
   """Tiny random AT-net/VG-net workdirs and a 3-row pairs CSV."""
   import soundfile  # pylint: disable=g-import-not-at-top
-  from hcmtfg import landmarks as landmarks_lib  # pylint: disable=g-import-not-at-top
+  from hcmtfg.features import landmarks as landmarks_lib  # pylint: disable=g-import-not-at-top
   from hcmtfg import models  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(REPO_ROOT / 'tests'))
   import generate_test  # pylint: disable=g-import-not-at-top
@@ -532,8 +532,8 @@ def generation_setup(tmp_path_factory, shared_data):
 @pytest.mark.slow
 def test_batch_generation_killed_then_rerun_skips_finished_videos(
     generation_setup, capsys):
-  from hcmtfg import video as video_lib  # pylint: disable=g-import-not-at-top
-  from hcmtfg import batch_generate as cli  # pylint: disable=g-import-not-at-top
+  from hcmtfg.media import video as video_lib  # pylint: disable=g-import-not-at-top
+  from hcmtfg.inference import batch_generate as cli  # pylint: disable=g-import-not-at-top
   root = generation_setup
   out = root / 'out'
   n = random.Random(SEED).randint(2, 3)  # killed while writing video n

@@ -1,5 +1,5 @@
-"""Tests of the generation path (hcmtfg.generate, streaming, compose, checkpoint_io)
-and batch generation (hcmtfg.batch_generate, which launch.generate runs), with
+"""Tests of the generation path (hcmtfg.inference.generate, streaming, compose, checkpoint_io)
+and batch generation (hcmtfg.inference.batch_generate, which launch.generate runs), with
 tiny random networks.
 
 The networks are tiny (32x32 frames) and their weights random, drawn at a scale
@@ -22,17 +22,17 @@ import optax
 import pytest
 import soundfile
 
-from hcmtfg import audio as audio_lib
-from hcmtfg import batch_generate as cli
-from hcmtfg import checkpoint_io
-from hcmtfg import checkpointing
-from hcmtfg import compose
-from hcmtfg import generate
-from hcmtfg import landmarks as landmarks_lib
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.inference import batch_generate as cli
+from hcmtfg.weights import checkpoint_io
+from hcmtfg.train import checkpoints as checkpoints_lib
+from hcmtfg.inference import compose
+from hcmtfg.inference import generate
+from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg import models
-from hcmtfg import streaming
-from hcmtfg import train_state as ts
-from hcmtfg import video as video_lib
+from hcmtfg.inference import chunked as chunked_lib
+from hcmtfg.train import train_state as ts
+from hcmtfg.media import video as video_lib
 from hcmtfg.errors import InputError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -69,7 +69,7 @@ def write_training_workdir(workdir: pathlib.Path, name: str, variables: dict,
   """A workdir as the training code writes it: config.json, checkpoints/<step>."""
   state = ts.TrainState(step=jnp.array(3, jnp.int32), rng=jax.random.PRNGKey(0),
                         g=ts.NetState.create(optax.adam(1e-3), variables))
-  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints",
+  checkpointer = checkpoints_lib.Checkpointer(workdir / "checkpoints",
                                             async_save=False)
   checkpointer.save(3, state, {"epoch": 0}, force=True)
   checkpointer.close()
@@ -112,7 +112,7 @@ def generator(nets):
 
 @pytest.fixture(scope="module")
 def analyzer():
-  from hcmtfg import face  # pylint: disable=g-import-not-at-top
+  from hcmtfg.features import face  # pylint: disable=g-import-not-at-top
   return face.FaceAnalyzer()
 
 
@@ -326,12 +326,12 @@ def test_chunked_generation_equals_one_pass(generator, analyzer, media,
   # the chunk ends; restarting from zeros instead would leave a seam.
   lstm_TxH = at_inter["intermediates"]["lstm_out"][0][0]
   gru_TxHxWxF = vg_inter["intermediates"]["convgru_out"][0][0]
-  at_carry = streaming.atnet_initial_carry(generator.atnet)
-  vg_carry = streaming.vgnet_initial_carry(generator.vgnet)
+  at_carry = chunked_lib.atnet_initial_carry(generator.atnet)
+  vg_carry = chunked_lib.vgnet_initial_carry(generator.vgnet)
   for end in (7, 14):
     restart_at = generate.atnet_step(
         generator.atnet, generator.atnet_variables,
-        streaming.atnet_initial_carry(generator.atnet), example_coef,
+        chunked_lib.atnet_initial_carry(generator.atnet), example_coef,
         jnp.asarray(windows[None, end - 7:end]))[1]
     at_carry = generate.atnet_step(
         generator.atnet, generator.atnet_variables, at_carry, example_coef,
@@ -340,7 +340,7 @@ def test_chunked_generation_equals_one_pass(generator, analyzer, media,
     step = lambda carry: generate._vgnet_step(  # pylint: disable=protected-access
         generator.vgnet, generator.vgnet_variables, carry, image, chunk_coefs,
         example, generator.pca_components, generator.pca_mean)[-1]
-    restart_vg = step(streaming.vgnet_initial_carry(generator.vgnet))
+    restart_vg = step(chunked_lib.vgnet_initial_carry(generator.vgnet))
     vg_carry = step(vg_carry)
     np.testing.assert_allclose(at_carry[-1][0][0], lstm_TxH[end - 1], atol=1e-5)
     np.testing.assert_allclose(vg_carry[0], gru_TxHxWxF[end - 1], atol=1e-5)
@@ -382,7 +382,7 @@ def test_release_coefficient_scaling(generator, analyzer, media):
 
 
 def test_photo_landmarks_normalised_like_the_datasets(analyzer, media):
-  from hcmtfg import clip_features  # pylint: disable=g-import-not-at-top
+  from hcmtfg.features import clip_features  # pylint: disable=g-import-not-at-top
   photo = generate.prepare_photo(media["obama"], analyzer)
   assert photo.crop.shape == (128, 128, 3) and photo.image.shape == (128, 128, 3)
   np.testing.assert_allclose(photo.image, photo.crop / 127.5 - 1, atol=1e-6)
@@ -477,8 +477,8 @@ def test_single_inputs_that_work(nets, media, tmp_path, caplog):
     assert _frame_count_and_duration(output)[0] == frames, key
     _check_video(output, media[key], (32, 32))
   # Two faces: the larger one is used and the choice is logged.
-  from hcmtfg import face  # pylint: disable=g-import-not-at-top
-  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
+  from hcmtfg.features import face  # pylint: disable=g-import-not-at-top
+  from hcmtfg.media import image_io  # pylint: disable=g-import-not-at-top
   big = image_io.load_image(media["about"])
   small = np.zeros_like(big)
   small[64:192, 64:192] = big[::2, ::2]

@@ -1,11 +1,11 @@
-"""Tests of hcmtfg.image_io: photos read as RGB uint8, clear errors, no dlib."""
+"""Tests of hcmtfg.media.image_io: photos read as RGB uint8, clear errors, no dlib."""
 
 import subprocess
 import sys
 
 import pytest
 
-from hcmtfg import image_io
+from hcmtfg.media import image_io
 from hcmtfg.errors import InputError
 
 

@@ -1,10 +1,10 @@
-"""Tests of hcmtfg.image_metrics (training's JAX SSIM and PSNR) against known
+"""Tests of hcmtfg.train.image_metrics (training's JAX SSIM and PSNR) against known
 values and scikit-image."""
 
 import numpy as np
 from skimage import metrics as skimage_metrics
 
-from hcmtfg import image_metrics
+from hcmtfg.train import image_metrics
 
 
 def _noisy_pair(shape, noise=0.1, seed=0):

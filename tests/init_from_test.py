@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.init_from: fresh runs start from converted weights.
+"""Tests of hcmtfg.train.init_from: fresh runs start from converted weights.
 
 Tiny networks (the configs' `tiny` variants) with random, perturbed variables
 are saved with `checkpoint_io.save_converted`, exactly as
@@ -11,12 +11,12 @@ import pytest
 
 from configs import atnet
 from configs import vgnet
-from hcmtfg import atnet_steps
-from hcmtfg import checkpoint_io
-from hcmtfg import init_from
-from hcmtfg import sharding
-from hcmtfg import train_state as ts
-from hcmtfg import vgnet_steps
+from hcmtfg.train import atnet_steps
+from hcmtfg.weights import checkpoint_io
+from hcmtfg.train import init_from
+from hcmtfg.runtime import sharding
+from hcmtfg.train import train_state as ts
+from hcmtfg.train import vgnet_steps
 from hcmtfg.errors import InputError
 
 

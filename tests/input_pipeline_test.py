@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.input_pipeline on the tiny synthetic dataset (built once per
+"""Tests of hcmtfg.data.input_pipeline on the tiny synthetic dataset (built once per
 session under pytest's base temp dir, shared with datasets_test.py)."""
 
 import json
@@ -10,9 +10,9 @@ import tensorflow_datasets as tfds
 
 import data_pipelines  # noqa: F401  (registers the builders)
 from data_pipelines import build
-from hcmtfg import audio
-from hcmtfg import input_pipeline
-from hcmtfg import landmarks as landmarks_lib
+from hcmtfg.features import audio
+from hcmtfg.data import input_pipeline
+from hcmtfg.features import landmarks as landmarks_lib
 
 NUM_CLIPS = 10
 T = 16

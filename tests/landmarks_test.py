@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.landmarks: Procrustes, the release's normLmarks, PCA, mouth mask."""
+"""Tests of hcmtfg.features.landmarks: Procrustes, the release's normLmarks, PCA, mouth mask."""
 
 import os
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from scipy.spatial import procrustes as scipy_procrustes
 
-from hcmtfg import align
-from hcmtfg import face
-from hcmtfg import image_io
-from hcmtfg import landmarks
+from hcmtfg.features import align
+from hcmtfg.features import face
+from hcmtfg.media import image_io
+from hcmtfg.features import landmarks
 from hcmtfg.errors import InputError
 
 GOLDEN_FACES = ("obama", "test1", "test14", "EzraMiller_00075",

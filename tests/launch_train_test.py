@@ -20,12 +20,12 @@ import pytest
 import tensorflow as tf
 
 from data_pipelines import build
-from hcmtfg import audio
-from hcmtfg import checkpoint_io
-from hcmtfg import evaluation
-from hcmtfg import input_pipeline
-from hcmtfg import landmarks as landmarks_lib
-from hcmtfg import workdir as workdir_lib
+from hcmtfg.features import audio
+from hcmtfg.weights import checkpoint_io
+from hcmtfg.evaluation import evaluate
+from hcmtfg.data import input_pipeline
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.train import workdir as workdir_lib
 from hcmtfg.errors import InputError
 from tests import mutations
 
@@ -113,7 +113,7 @@ def atnet_windows(builder, split: str, pca, num_frames: int):
   (N, T, 6) of frames r+1 .. r+T.
   """
   examples, windows, targets = [], [], []
-  for clip in evaluation.read_clips(builder, split):
+  for clip in evaluate.read_clips(builder, split):
     coefs = landmarks_lib.project(pca, clip.normalized)
     mfcc = audio.mfcc_windows(clip.mfcc, len(coefs))
     for r in range(len(coefs) - num_frames):
@@ -311,7 +311,7 @@ def test_train_from_another_directory_with_relative_and_home_paths(
   assert (workdir / 'checkpoints' / '2').is_dir()
   assert json.loads((workdir / 'config.json').read_text())['stage'] == 'atnet'
   assert sorted(os.listdir(cwd)) == ['data sets', 'runs']  # no folder '~'
-  from hcmtfg import checkpoint_io  # pylint: disable=g-import-not-at-top
+  from hcmtfg.weights import checkpoint_io  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(cwd)
   loaded = checkpoint_io.load_network('runs/at net', 'atnet')
   assert loaded.step == 2 and loaded.pca is not None

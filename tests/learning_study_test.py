@@ -1,4 +1,4 @@
-"""Tests of the learning study (hcmtfg/learning_study.py, launch/learning_study.py).
+"""Tests of the learning study (hcmtfg/evaluation/learning_study.py, launch/learning_study.py).
 
 The end-to-end test runs `python -m launch.learning_study` as a subprocess (one
 CPU device) on the tiny configs and the tiny synthetic dataset the other tests
@@ -24,11 +24,11 @@ import pytest
 
 from configs import vgnet as vgnet_configs
 from data_pipelines import build
-from hcmtfg import checkpoint_io
-from hcmtfg import checkpointing
-from hcmtfg import learning_study
+from hcmtfg.weights import checkpoint_io
+from hcmtfg.train import checkpoints as checkpoints_lib
+from hcmtfg.evaluation import learning_study
 from hcmtfg import models
-from hcmtfg import train_state as ts
+from hcmtfg.train import train_state as ts
 from hcmtfg.errors import InputError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def _save_steps(workdir: pathlib.Path, module, steps) -> dict[int, dict]:
   shapes = jax.eval_shape(lambda: module.init(
       jax.random.key(0), *module.dummy_inputs(), train=False))
   saved = {}
-  checkpointer = checkpointing.Checkpointer(workdir / "checkpoints",
+  checkpointer = checkpoints_lib.Checkpointer(workdir / "checkpoints",
                                             async_save=False)
   for step in steps:
     variables = jax.tree.map(

@@ -1,11 +1,11 @@
-"""Tests of hcmtfg.losses against hand-computed numpy values."""
+"""Tests of hcmtfg.train.losses against hand-computed numpy values."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hcmtfg import losses
+from hcmtfg.train import losses
 
 
 def test_landmark_mask_weights_mouth_y_coordinates():

@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.metrics against known values and skimage."""
+"""Tests of hcmtfg.evaluation.metrics against known values and skimage."""
 
 import cv2
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.metrics import structural_similarity
 
-from hcmtfg import landmarks as landmarks_lib
-from hcmtfg import metrics
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.evaluation import metrics
 
 
 def _smooth_image(seed: int, size: int = 128) -> np.ndarray:
@@ -182,8 +182,8 @@ def test_cpbd_real_face_decreases_with_blur(shared_data):
 
 
 def test_mouth_landmarks_and_lmd_on_a_real_face(shared_data):
-  from hcmtfg import face  # pylint: disable=g-import-not-at-top
-  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
+  from hcmtfg.features import face  # pylint: disable=g-import-not-at-top
+  from hcmtfg.media import image_io  # pylint: disable=g-import-not-at-top
   image = image_io.load_image(shared_data / "faces" / "obama.jpg")
   frames = np.stack([image, image[:, ::-1], np.zeros_like(image)])
   points, found = metrics.mouth_landmarks(frames, face.FaceAnalyzer())

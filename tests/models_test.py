@@ -152,7 +152,7 @@ def test_vgnet_shapes_ranges_and_intermediates(tiny_vgnet):
 def test_vgnet_without_attention_outputs_the_colour_map(tiny_vgnet):
   """use_attention=False (the no-attention ablation): frames = C, A = 1, the
   same parameter tree, and no gradient reaches the attention head."""
-  from hcmtfg import losses  # pylint: disable=g-import-not-at-top
+  from hcmtfg.train import losses  # pylint: disable=g-import-not-at-top
   jitted, variables, inputs = tiny_vgnet
   module = models.VGNet(**TINY_VGNET, use_attention=False)
   assert models.VGNet.from_config(module.to_config()) == module
@@ -485,7 +485,7 @@ def test_lstm_carried_state_equals_one_pass():
 
 
 # ----------------------------------------------------------------------------
-# The fused GAN step (hcmtfg.vgnet_steps, loss.fused_gan_step): one generator
+# The fused GAN step (hcmtfg.train.vgnet_steps, loss.fused_gan_step): one generator
 # forward per step instead of the release's two.
 # ----------------------------------------------------------------------------
 
@@ -534,8 +534,8 @@ def box_level(target_lmark):
 @pytest.fixture(scope="module")
 def gan_steps():
   """Initial GAN state, a batch, and jitted steps (two-forward and fused)."""
-  from hcmtfg import sharding  # pylint: disable=g-import-not-at-top
-  from hcmtfg import vgnet_steps  # pylint: disable=g-import-not-at-top
+  from hcmtfg.runtime import sharding  # pylint: disable=g-import-not-at-top
+  from hcmtfg.train import vgnet_steps  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(jax.devices()[:1])
   rs = np.random.RandomState(0)
   image = rs.uniform(-1, 1, (2, 32, 32, 3))
@@ -554,7 +554,7 @@ def gan_steps():
                                            (2, 4, 20, 2))}
   batch = sharding.host_local_to_global(
       {k: v.astype(np.float32) for k, v in batch.items()}, mesh)
-  from hcmtfg import train_state as ts  # pylint: disable=g-import-not-at-top
+  from hcmtfg.train import train_state as ts  # pylint: disable=g-import-not-at-top
   # Both steps with XLA's default CPU fusion emitters: the classic ones the
   # tests compile with round the two programs' D losses 1 ulp apart.
   options = {**ts.FAST_COMPILE_OPTIONS, **conftest.DEFAULT_EMITTERS}
@@ -598,7 +598,7 @@ def test_fused_gan_step_trains(gan_steps):
   """Fused GAN steps learn the landmark-driven box; the example image repeated
   (the baseline) and the trained generator fed still landmarks (a generator
   that ignores its targets) do not."""
-  from hcmtfg import vgnet_steps  # pylint: disable=g-import-not-at-top
+  from hcmtfg.train import vgnet_steps  # pylint: disable=g-import-not-at-top
   state, batch, steps, mesh = gan_steps
   state = jax.device_put(state, jax.sharding.NamedSharding(
       mesh, jax.sharding.PartitionSpec()))

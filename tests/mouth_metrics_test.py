@@ -1,4 +1,4 @@
-"""Tests of the mouth-aperture and sync-proxy metrics (hcmtfg/mouth_metrics.py).
+"""Tests of the mouth-aperture and sync-proxy metrics (hcmtfg/evaluation/mouth_metrics.py).
 
 Landmark sequences are hand-made faces whose inner-lip gap is set frame by
 frame, so apertures, correlations and lags are known exactly; dlib is replaced
@@ -12,8 +12,8 @@ import warnings
 import numpy as np
 import pytest
 
-from hcmtfg import audio
-from hcmtfg import mouth_metrics as mm
+from hcmtfg.features import audio
+from hcmtfg.evaluation import mouth_metrics as mm
 
 IOD = 40.0  # eye centres of the hand-made face, pixels apart
 
@@ -256,7 +256,7 @@ class StubAnalyzer:
     self.predicted = 0
 
   def detect_all(self, frame):
-    from hcmtfg import face  # pylint: disable=g-import-not-at-top
+    from hcmtfg.features import face  # pylint: disable=g-import-not-at-top
     self.sizes.append(frame.shape[:2])
     return [] if frame[..., 1].max() == 0 else [face.Box(20, 20, 108, 108, 1.0)]
 

@@ -4,7 +4,7 @@ Each process is `launch.train`'s main (flags --coordinator_address,
 --num_processes, --process_id) with 2 fake CPU devices, so the mesh spans 4
 devices of 2 "hosts"; each host reads its own half of the training split and
 feeds its half of every global batch (CPU collectives: gloo). A small driver
-wraps `hcmtfg.training.train` to dump the final parameters each process
+wraps `hcmtfg.train.trainer.train` to dump the final parameters each process
 holds: they must be bit-identical, and differ from those of a control run,
 one process training alone on process 0's data (the driver's --read_part
 makes every process read a given part of the split).
@@ -37,8 +37,8 @@ _DRIVER = textwrap.dedent('''
     import numpy as np
     import tensorflow_datasets as tfds
 
-    from hcmtfg import input_pipeline
-    from hcmtfg import training
+    from hcmtfg.data import input_pipeline
+    from hcmtfg.train import trainer
     from launch import train as launcher
 
 
@@ -60,8 +60,8 @@ _DRIVER = textwrap.dedent('''
 
 
     if __name__ == '__main__':
-      training.train = functools.partial(
-          train_and_dump, train=training.train, dump_path=sys.argv.pop(1))
+      trainer.train = functools.partial(
+          train_and_dump, train=trainer.train, dump_path=sys.argv.pop(1))
       if sys.argv[1].startswith('--read_part='):  # INDEX/COUNT
         index, count = sys.argv.pop(1).partition('=')[2].split('/')
         input_pipeline.host_split = functools.partial(

@@ -7,7 +7,7 @@ full size with B=2 clips of T=16 frames:
      BatchNorm is nearly the identity in eval mode and swapped BatchNorm
      tensors would pass unnoticed), with scales that keep activations alive
      (asserted: outputs not saturated);
-  2. convert its state_dict with `hcmtfg.convert_torch`;
+  2. convert its state_dict with `hcmtfg.weights.convert_torch`;
   3. run both on the same random inputs, in eval mode and in train mode with
      dropout off (BatchNorm on batch statistics), and require
      ||flax - torch|| / ||torch|| <= 1e-4 for every output, every named
@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hcmtfg import convert_torch
+from hcmtfg.weights import convert_torch
 from hcmtfg import models
 
 B, T = 2, 16

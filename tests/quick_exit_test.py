@@ -1,4 +1,4 @@
-"""hcmtfg.quick_exit: a finished command ends without the interpreter's
+"""hcmtfg.runtime.quick_exit: a finished command ends without the interpreter's
 teardown, yet keeps what a normal exit guarantees (exit code, flushed output,
 atexit handlers, finished threads); exceptions leave the normal way."""
 
@@ -17,7 +17,7 @@ from tests.conftest import REPO_ROOT
 _PROGRAM = textwrap.dedent("""
     import atexit, sys, threading, time
     from absl import app
-    from hcmtfg import quick_exit
+    from hcmtfg.runtime import quick_exit
 
     class Witness:
       def __del__(self):

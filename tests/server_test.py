@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from hcmtfg import audio as audio_lib
-from hcmtfg import pipeline as pipeline_lib
-from hcmtfg import video as video_lib
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.inference import networks as networks_lib
+from hcmtfg.media import video as video_lib
 from hcmtfg.server import jobs as jobs_lib
 from hcmtfg.server import uploads
 from hcmtfg.server import web
@@ -100,8 +100,8 @@ def media(tmp_path_factory, shared_data):
 def server(tmp_path_factory, shared_data):
   root = tmp_path_factory.mktemp("serve")
   atnet, vgnet = tiny_networks.write_workdirs(root, shared_data)
-  pipeline = pipeline_lib.Pipeline.load(
-      pipeline_lib.NetworkOptions(atnet, vgnet))
+  pipeline = networks_lib.Pipeline.load(
+      networks_lib.NetworkOptions(atnet, vgnet))
   pipeline.warm_up((8,))  # one chunk length: each is a compilation
   limits = uploads.Limits(max_upload_bytes=MAX_UPLOAD,
                           max_speech_seconds=MAX_SECONDS)

@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.summaries (event files without tensorboard, rates, ETA)."""
+"""Tests of hcmtfg.train.summaries (event files without tensorboard, rates, ETA)."""
 
 import glob
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from hcmtfg import summaries
+from hcmtfg.train import summaries
 
 
 def read(logdir):

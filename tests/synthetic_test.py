@@ -20,9 +20,9 @@ from data_pipelines.synthetic import corpus
 from data_pipelines.synthetic import faces as faces_lib
 from data_pipelines.synthetic import render
 from data_pipelines.synthetic import speech
-from hcmtfg import audio as audio_lib
-from hcmtfg import face as face_lib
-from hcmtfg import video
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.features import face as face_lib
+from hcmtfg.media import video
 from hcmtfg.errors import InputError
 
 SEED = 7

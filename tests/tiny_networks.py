@@ -8,7 +8,7 @@ import soundfile
 
 from configs import atnet as atnet_config
 from configs import vgnet as vgnet_config
-from hcmtfg import landmarks as landmarks_lib
+from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg import models
 from tests import generate_test
 

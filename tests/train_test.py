@@ -19,16 +19,16 @@ import pytest
 
 from configs import atnet as atnet_configs
 from data_pipelines import build
-from hcmtfg import atnet_steps
-from hcmtfg import checkpointing
-from hcmtfg import image_metrics
+from hcmtfg.train import atnet_steps
+from hcmtfg.train import checkpoints as checkpoints_lib
+from hcmtfg.train import image_metrics
 from hcmtfg import paths
-from hcmtfg import preemption as preemption_lib
-from hcmtfg import sharding
-from hcmtfg import summaries
-from hcmtfg import train_state as ts
-from hcmtfg import training
-from hcmtfg import vgnet_steps
+from hcmtfg.train import preemption as preemption_lib
+from hcmtfg.runtime import sharding
+from hcmtfg.train import summaries
+from hcmtfg.train import train_state as ts
+from hcmtfg.train import trainer as trainer_lib
+from hcmtfg.train import vgnet_steps
 from tests import mutations
 
 C = ml_collections.ConfigDict
@@ -416,13 +416,13 @@ def run_loop(setup, mesh, workdir, num_steps, *, position=None, state=None,
              on_next=None, preemption=None, keep=3):
   """Runs the real loop from `workdir` (restoring if it holds a checkpoint)."""
   config, init_fn, step_fn, _ = setup
-  ckpt = checkpointing.Checkpointer(workdir, max_to_keep=keep,
+  ckpt = checkpoints_lib.Checkpointer(workdir, max_to_keep=keep,
                                     save_interval_steps=1)
   if state is None:
-    state, position = checkpointing.restore_or_init(ckpt, init_fn)
+    state, position = checkpoints_lib.restore_or_init(ckpt, init_fn)
   batches = Batches(atnet_batch, position, on_next)
   try:
-    state = training.run_train_loop(state=state, train_step_fn=step_fn,
+    state = trainer_lib.run_train_loop(state=state, train_step_fn=step_fn,
                                     train_iter=batches, mesh=mesh,
                                     checkpointer=ckpt, num_steps=num_steps,
                                     log_every=2, preemption=preemption)
@@ -449,9 +449,9 @@ def test_resume_is_bit_exact(atnet_setup, mesh2, tmp_path, uninterrupted):
   config = atnet_config()
   other_init = atnet_steps.make_init_fn(config, jax.random.PRNGKey(123),
                                         mesh2)
-  ckpt = checkpointing.Checkpointer(tmp_path, save_interval_steps=1)
+  ckpt = checkpoints_lib.Checkpointer(tmp_path, save_interval_steps=1)
   assert ckpt.latest_step() == 2
-  state, position = checkpointing.restore_or_init(ckpt, other_init)
+  state, position = checkpoints_lib.restore_or_init(ckpt, other_init)
   ckpt.close()
   assert position == {'index': 2}
   with pytest.raises(AssertionError):
@@ -464,11 +464,11 @@ def test_resume_is_bit_exact(atnet_setup, mesh2, tmp_path, uninterrupted):
   # hold the right values: step 2 of both runs agree.
   restored = {}
   for name, directory in (('continuous', reference_dir), ('stopped', tmp_path)):
-    ckpt = checkpointing.Checkpointer(directory)
+    ckpt = checkpoints_lib.Checkpointer(directory)
     restored[name], _ = ckpt.restore(first_init.eval_shape(), step=2)
     ckpt.close()
   assert_trees_identical(restored['continuous'], restored['stopped'])
-  ckpt = checkpointing.Checkpointer(reference_dir)
+  ckpt = checkpoints_lib.Checkpointer(reference_dir)
   assert ckpt.all_steps() == [2, 3, 4]  # keep_checkpoints = 3
   ckpt.close()
 
@@ -488,7 +488,7 @@ def test_sigterm_saves_at_step_boundary_then_resumes_exactly(
                preemption=preemption)
   assert exit_info.value.code == 0
   assert signal.getsignal(signal.SIGTERM) is previous_handler
-  ckpt = checkpointing.Checkpointer(tmp_path)
+  ckpt = checkpoints_lib.Checkpointer(tmp_path)
   assert ckpt.latest_step() == 2
   ckpt.close()
   final, batches = run_loop(atnet_setup, mesh2, tmp_path, 4)
@@ -502,15 +502,15 @@ def test_nan_loss_raises_naming_the_step(atnet_setup, mesh2, tmp_path):
     if index == 2:
       batch['target_coef'][0, 0, 0] = np.nan
 
-  with pytest.raises(checkpointing.NonFiniteLossError,
+  with pytest.raises(checkpoints_lib.NonFiniteLossError,
                      match=r'step 3\b.*train/loss = nan'):
     run_loop(atnet_setup, mesh2, tmp_path, 4, on_next=poison)
-  ckpt = checkpointing.Checkpointer(tmp_path)
+  ckpt = checkpoints_lib.Checkpointer(tmp_path)
   assert ckpt.latest_step() == 2  # The non-finite step was never saved.
   ckpt.close()
-  with pytest.raises(checkpointing.NonFiniteLossError,
+  with pytest.raises(checkpoints_lib.NonFiniteLossError,
                      match='step 7: train/g_loss = inf'):
-    checkpointing.check_finite({'train/d_loss': 1.0, 'train/g_loss': np.inf},
+    checkpoints_lib.check_finite({'train/d_loss': 1.0, 'train/g_loss': np.inf},
                                7)
 
 
@@ -525,7 +525,7 @@ def tiny_data(tmp_path_factory) -> pathlib.Path:
 
 def test_train_runs_the_real_loop_on_the_tiny_config(tmp_path, tiny_data,
                                                     monkeypatch):
-  """The trainer (`training.train`) on configs/atnet.py:tiny for its 2 steps:
+  """The trainer (`trainer_lib.train`) on configs/atnet.py:tiny for its 2 steps:
   a train write at steps 1 and 2, an evaluation at step 2, checkpoints."""
   config = atnet_configs.get_config('tiny')
   config.data.data_dir = str(tiny_data)
@@ -537,7 +537,7 @@ def test_train_runs_the_real_loop_on_the_tiny_config(tmp_path, tiny_data,
     write(sink, step, metrics)
 
   monkeypatch.setattr(summaries.MetricsSink, '__call__', record)
-  state = training.train(config, tmp_path, build.prepare_dataset(config.data))
+  state = trainer_lib.train(config, tmp_path, build.prepare_dataset(config.data))
   assert int(state.step) == 2
   assert [step for step, _ in written] == [1, 2, 2]
   assert 'train/loss' in written[1][1] and 'eval/baseline_mse' in written[2][1]
@@ -676,7 +676,7 @@ def test_vgnet_sharded_step_matches_single_device(vgnet_run, mesh8):
 def test_vgnet_checkpoint_restores_every_part_exactly(vgnet_run, mesh1,
                                                       tmp_path):
   state = vgnet_run['state']
-  ckpt = checkpointing.Checkpointer(tmp_path, save_interval_steps=1)
+  ckpt = checkpoints_lib.Checkpointer(tmp_path, save_interval_steps=1)
   ckpt.save(2, state, {'index': 2})
   ckpt.wait_until_finished()
   restored, position = ckpt.restore(vgnet_run['init_fn'].eval_shape())
@@ -816,7 +816,7 @@ def test_checkpointer_keeps_cloud_paths_and_absolutises_local_ones(
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
   for directory, expected in (('rel dir/ckpt', tmp_path / 'rel dir' / 'ckpt'),
                               ('~/ckpt', tmp_path / 'home' / 'ckpt')):
-    checkpointer = checkpointing.Checkpointer(directory, async_save=False)
+    checkpointer = checkpoints_lib.Checkpointer(directory, async_save=False)
     checkpointer.close()
     assert checkpointer.directory == str(expected)
     assert expected.is_dir()

@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 
 from data_pipelines import build
-from hcmtfg import checkpoint_io
-from hcmtfg import evaluation
-from hcmtfg import face
-from hcmtfg import landmarks as landmarks_lib
-from hcmtfg import metrics as metrics_lib
-from hcmtfg import mouth_metrics
+from hcmtfg.weights import checkpoint_io
+from hcmtfg.evaluation import evaluate
+from hcmtfg.features import face
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.evaluation import metrics as metrics_lib
+from hcmtfg.evaluation import mouth_metrics
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLIPS = 10  # the tiny corpus the other tests share (one build per worker)
@@ -69,7 +69,7 @@ def render(network, clip, still: bool = False) -> np.ndarray:
   """(T-1, S, S, 3) uint8 frames 1.. of `clip` from its frame 0 and the true
   landmarks (all equal to frame 0's when `still`)."""
   s = network.module.image_size
-  example = evaluation.resize_frames(clip.frames[:1], s)[0]
+  example = evaluate.resize_frames(clip.frames[:1], s)[0]
   lmarks = clip.normalized[1:] * SCALE
   if still:
     lmarks = np.repeat(clip.normalized[:1] * SCALE, len(lmarks), 0)
@@ -84,7 +84,7 @@ def render(network, clip, still: bool = False) -> np.ndarray:
 
 def mouth_points(frames, analyzer) -> np.ndarray:
   """dlib's 68 points on `frames` enlarged to 128x128, as the evaluation."""
-  big = evaluation.resize_frames(frames, 128, CUBIC)
+  big = evaluate.resize_frames(frames, 128, CUBIC)
   return mouth_metrics.frame_landmarks(big, analyzer)[0]
 
 
@@ -104,12 +104,12 @@ def test_tiny_vgnet_moves_the_mouth_on_held_out_clips(trained):
   network = checkpoint_io.load_network(str(workdir), 'vgnet')
   analyzer = face.FaceAnalyzer()
   clips = [c for split in ('validation', 'test')
-           for c in evaluation.read_clips(builder, split)]
+           for c in evaluate.read_clips(builder, split)]
   assert len(clips) == 2
   for clip in clips:
     real_points = mouth_points(clip.frames[1:], analyzer)
     real_std = float(np.nanstd(mouth_metrics.inner_lip_aperture(real_points)))
-    example = evaluation.resize_frames(clip.frames[:1],
+    example = evaluate.resize_frames(clip.frames[:1],
                                        network.module.image_size)
     learnt, still, copy = (
         scores(mouth_points(frames, analyzer), real_points, clip)

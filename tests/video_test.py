@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.video: mp4 round trips, frame-rate resampling, atomic writes."""
+"""Tests of hcmtfg.media.video: mp4 round trips, frame-rate resampling, atomic writes."""
 
 import os
 import signal
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from hcmtfg import video
+from hcmtfg.media import video
 from hcmtfg.errors import InputError
 
 SR = 16000

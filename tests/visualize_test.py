@@ -1,10 +1,10 @@
-"""Tests of hcmtfg.visualize (summary image grids)."""
+"""Tests of hcmtfg.train.visualize (summary image grids)."""
 
 import numpy as np
 import pytest
 
-from hcmtfg import landmarks as landmarks_lib
-from hcmtfg import visualize
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.train import visualize
 
 
 def face_136(rs, n):

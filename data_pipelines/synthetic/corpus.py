@@ -30,7 +30,7 @@ from data_pipelines.synthetic import articulation as art_lib
 from data_pipelines.synthetic import faces as faces_lib
 from data_pipelines.synthetic import render
 from data_pipelines.synthetic import speech
-from hcmtfg import video
+from hcmtfg.media import video
 from hcmtfg.errors import InputError
 
 DEFAULT_SPLITS = (("train", 0.8), ("val", 0.1), ("test", 0.1))

@@ -16,8 +16,8 @@ import pathlib
 import cv2
 import numpy as np
 
-from hcmtfg import face as face_lib
-from hcmtfg import image_io
+from hcmtfg.features import face as face_lib
+from hcmtfg.media import image_io
 from hcmtfg.errors import InputError
 
 ASTRONAUT = "astronaut"  # name of the built-in identity.

@@ -2,7 +2,7 @@
 
 Everything here reproduces a PyTorch layer of the ATVGnet release closely enough
 that converted release weights give the release's outputs (see
-`hcmtfg.convert_torch` for the weight layouts):
+`hcmtfg.weights.convert_torch` for the weight layouts):
 
 * `BatchNorm`: PyTorch's BatchNorm2d, including its running-variance update with
   the *unbiased* batch variance (Flax's `nn.BatchNorm` uses the biased one), and an

@@ -31,10 +31,10 @@ from absl import logging
 import cv2
 import numpy as np
 
-from hcmtfg import audio as audio_lib
-from hcmtfg import generate
-from hcmtfg import pipeline as pipeline_lib
-from hcmtfg import video as video_lib
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.inference import generate
+from hcmtfg.inference import networks as networks_lib
+from hcmtfg.media import video as video_lib
 from hcmtfg.server import uploads
 
 PREVIEW_SIDE = 480  # long side of the streamed JPEG frames, pixels
@@ -149,7 +149,7 @@ class JobRunner:
     preset: x264 preset of the result videos.
   """
 
-  def __init__(self, pipeline: pipeline_lib.Pipeline, limits: uploads.Limits,
+  def __init__(self, pipeline: networks_lib.Pipeline, limits: uploads.Limits,
                *, root: str | None = None,
                chunk_frames: int = generate.CHUNK_FRAMES,
                first_chunk_frames: int = 4, keep_seconds: float = 1800.0,
@@ -300,7 +300,7 @@ class JobRunner:
     windows = audio_lib.speech_features(job.speech)[1]
     stream = pipeline.frame_stream(job.photo, chunk_frames=self.chunk_frames,
                                    first_chunk_frames=self.first_chunk_frames)
-    renderer = pipeline_lib.Renderer(job.photo, pipeline.image_size,
+    renderer = networks_lib.Renderer(job.photo, pipeline.image_size,
                                      paste_back=job.paste_back,
                                      intermediates=job.intermediates)
     result = os.path.join(job.folder, RESULT)

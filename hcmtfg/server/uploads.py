@@ -19,8 +19,8 @@ import unicodedata
 
 import numpy as np
 
-from hcmtfg import audio as audio_lib
-from hcmtfg import video as video_lib
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.media import video as video_lib
 from hcmtfg.errors import InputError
 
 
@@ -126,7 +126,7 @@ def read_photo(path: str, label: str, limits: Limits) -> np.ndarray:
   """
   import cv2  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from hcmtfg import image_io  # pylint: disable=g-import-not-at-top
+  from hcmtfg.media import image_io  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as image:  # reads the header only
       width, height = image.size

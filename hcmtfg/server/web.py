@@ -39,9 +39,9 @@ from typing import Any
 
 from absl import logging
 
-from hcmtfg import compile_cache
-from hcmtfg import generate
-from hcmtfg import pipeline as pipeline_lib
+from hcmtfg.runtime import compile_cache
+from hcmtfg.inference import generate
+from hcmtfg.inference import networks as networks_lib
 from hcmtfg.errors import InputError
 from hcmtfg.server import jobs as jobs_lib
 from hcmtfg.server import uploads
@@ -70,7 +70,7 @@ class Server:
     **runner_options: `jobs.JobRunner` options (root, chunk_frames, ...).
   """
 
-  def __init__(self, pipeline: pipeline_lib.Pipeline, *, host: str = "127.0.0.1",
+  def __init__(self, pipeline: networks_lib.Pipeline, *, host: str = "127.0.0.1",
                port: int = 8000, limits: uploads.Limits = uploads.Limits(),
                **runner_options: Any):
     self.pipeline = pipeline

@@ -1,0 +1,7 @@
+"""Media files in and out: photos, and video with its audio track.
+
+  image_io.py   any photo format -> RGB uint8 (EXIF orientation applied)
+  video.py      decoding any container at 25 fps (with its audio); atomic mp4 writing
+
+Imports: the library's root modules only (errors, paths, atomic).
+"""

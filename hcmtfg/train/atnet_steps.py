@@ -1,0 +1,170 @@
+"""AT-net training: audio + example landmark → landmark PCA coefs (MSE on them).
+
+Config fields read here (an `ml_collections.ConfigDict`):
+  seed                  int, PRNG seed of the initial parameters and dropout.
+  compute_dtype         'float32' | 'bfloat16'; parameters stay float32.
+  fast_compile          bool, XLA without LLVM optimisation (tests).
+  model.*               `hcmtfg.models.at_net.ATNet` attributes (pca_dim,
+                        base_width, lmark_features, audio_features,
+                        lstm_features, lstm_layers, mfcc_window,
+                        per_frame_batch_stats).
+  optim.learning_rate, optim.b1, optim.b2   Adam (2e-4, 0.5, 0.999).
+  plus the loop fields of `hcmtfg.train.trainer.train` (num_train_steps, ...).
+
+Batches are dicts of arrays with a leading batch axis B:
+  'example_coef' (B, 6) float32, PCA coefficients of the example landmark;
+  'mfcc'         (B, T, 28, 12) float32, per-frame MFCC windows;
+  'target_coef'  (B, T, 6) float32, PCA coefficients of the T target frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from hcmtfg.train import losses
+from hcmtfg.train import train_state as ts
+from hcmtfg.models import at_net
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def build_model(config: ml_collections.ConfigDict) -> at_net.ATNet:
+  """ATNet from `config.model`."""
+  return at_net.ATNet.from_config(config.model.to_dict())
+
+
+def init_train_state(rng: jax.Array,
+                     config: ml_collections.ConfigDict) -> ts.TrainState:
+  """The initial state (trace it under jit: see `make_init_fn`)."""
+  module = build_model(config)
+  params_rng, state_rng = jax.random.split(rng)
+  variables = module.init({'params': ts.parameter_init_key(params_rng)},
+                          *module.dummy_inputs(), train=False)
+  return ts.TrainState(step=jnp.zeros((), jnp.int32), rng=state_rng,
+                       g=ts.NetState.create(ts.make_optimizer(config.optim),
+                                            variables))
+
+
+def make_init_fn(config: ml_collections.ConfigDict, rng: jax.Array,
+                 mesh: jax.sharding.Mesh, *,
+                 compiler_options: Mapping[str, Any] | None = None
+                 ) -> ts.Initializer:
+  """A jitted, argument-free initialiser whose outputs are replicated on `mesh`.
+
+  Its `eval_shape()` gives the abstract state (with shardings) that
+  checkpoints are restored into.
+  """
+  return ts.jit_init(init_train_state, config, rng, mesh,
+                     compiler_options=compiler_options)
+
+
+def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
+                       mesh: jax.sharding.Mesh) -> ts.TrainState:
+  """A fresh train state, every leaf replicated over `mesh`.
+
+  Args:
+    config: see the module docstring.
+    rng: uint32 (2,) PRNG key (`jax.random.PRNGKey(config.seed)`).
+    mesh: from `hcmtfg.runtime.sharding.make_mesh`.
+  """
+  return make_init_fn(config, rng, mesh)()
+
+
+def _forward(module: at_net.ATNet, net: ts.NetState, params, batch: Batch,
+             dtype, *, train: bool):
+  """Runs AT-net; returns (pred (B, T, 6) float32, new batch_stats or None)."""
+  example, mfcc = batch['example_coef'], batch['mfcc']
+  if dtype is not None:
+    example, mfcc = example.astype(dtype), mfcc.astype(dtype)
+  variables = net.variables(params, dtype, train=train)
+  if train:
+    pred, updates = module.apply(variables, example, mfcc, train=True,
+                                 mutable=['batch_stats'])
+    return pred.astype(jnp.float32), updates['batch_stats']
+  pred = module.apply(variables, example, mfcc, train=False)
+  return pred.astype(jnp.float32), None
+
+
+def train_step(state: ts.TrainState, batch: Batch,
+               config: ml_collections.ConfigDict
+               ) -> tuple[ts.TrainState, Metrics]:
+  """One Adam step on the MSE of the predicted PCA coefficients.
+
+  Args:
+    state: the train state (donated by the jitted version).
+    batch: see the module docstring; sharded over 'data'.
+    config: read at trace time only (compute_dtype).
+
+  Returns:
+    (new state, {'train/loss', 'train/grad_norm'}).
+  """
+  dtype = ts.compute_dtype(config)
+  module, tx = build_model(config), ts.make_optimizer(config.optim)
+
+  def loss_fn(params):
+    pred, batch_stats = _forward(module, state.g, params, batch, dtype,
+                                 train=True)
+    return losses.mse_loss(pred, batch['target_coef']), batch_stats
+
+  (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.g.params)
+  new_state = state.replace(step=state.step + 1,
+                            g=state.g.apply_gradients(tx, grads, batch_stats))
+  return new_state, {'train/loss': loss,
+                     'train/grad_norm': ts.global_norm(grads)}
+
+
+def eval_step(state: ts.TrainState, batch: Batch,
+              config: ml_collections.ConfigDict) -> Metrics:
+  """Eval-mode errors on one batch, with the copy-the-example baseline.
+
+  Returns:
+    'eval/mse': MSE of the predicted coefficients;
+    'eval/mae': their mean absolute error;
+    'eval/baseline_mse': MSE of predicting the example's coefficients for every
+      frame (a model that ignores the audio); learning shows as mse < baseline.
+  """
+  pred, _ = _forward(build_model(config), state.g, None, batch,
+                     ts.compute_dtype(config), train=False)
+  target = batch['target_coef'].astype(jnp.float32)
+  baseline = jnp.broadcast_to(batch['example_coef'][:, None, :], target.shape)
+  return {'eval/mse': losses.mse_loss(pred, target),
+          'eval/mae': jnp.mean(jnp.abs(pred - target)),
+          'eval/baseline_mse': losses.mse_loss(baseline, target)}
+
+
+def jit_train_step(config: ml_collections.ConfigDict,
+                   mesh: jax.sharding.Mesh, *,
+                   compiler_options: Mapping[str, Any] | None = None):
+  """`train_step` jitted: state replicated and donated, batch over 'data'.
+
+  Equal configs share one compiled executable (the config is static).
+  """
+  return ts.jit_with_shardings(train_step, config, mesh, donate_state=True,
+                               compiler_options=_options(config,
+                                                         compiler_options))
+
+
+def jit_eval_step(config: ml_collections.ConfigDict,
+                  mesh: jax.sharding.Mesh, *,
+                  compiler_options: Mapping[str, Any] | None = None):
+  """`eval_step` jitted with the same shardings (nothing donated)."""
+  return ts.jit_with_shardings(eval_step, config, mesh, donate_state=False,
+                               compiler_options=_options(config,
+                                                         compiler_options))
+
+
+def _options(config: ml_collections.ConfigDict,
+             compiler_options: Mapping[str, Any] | None
+             ) -> Mapping[str, Any] | None:
+  """Explicit options, else AT-net's (`at_net.compiler_options`) unless
+  `config.fast_compile` asks for the fast-compile ones."""
+  if compiler_options is None and not config.get('fast_compile', False):
+    return at_net.compiler_options()
+  return compiler_options
