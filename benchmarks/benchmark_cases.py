@@ -20,12 +20,12 @@ import numpy as np
 
 from configs import atnet as atnet_configs
 from configs import vgnet as vgnet_configs
-from hcmtfg.train import atnet_steps
-from hcmtfg.runtime import sharding
-from hcmtfg.train import train_state as ts
-from hcmtfg.train import vgnet_steps
 from hcmtfg.models import at_net
 from hcmtfg.models import winograd
+from hcmtfg.runtime import sharding
+from hcmtfg.train import atnet_steps
+from hcmtfg.train import train_state as ts
+from hcmtfg.train import vgnet_steps
 from benchmarks import benchmark_generate
 from benchmarks import benchmark_setup as setup
 from benchmarks.benchmark_setup import Case

@@ -16,9 +16,9 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from hcmtfg.features import audio
 from hcmtfg import paths
 from hcmtfg.errors import InputError
+from hcmtfg.features import audio
 
 _AUDIO = flags.DEFINE_string("audio", None, "Speech file; default: 30 s synthetic.")
 _SECONDS = flags.DEFINE_float("seconds", 30.0, "Length of the synthetic audio.")

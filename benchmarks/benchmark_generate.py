@@ -8,9 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from hcmtfg.features import audio
-from hcmtfg.inference import generate
 from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.inference import chunked
+from hcmtfg.inference import engine
+from hcmtfg.inference import generate
+from hcmtfg.inference import networks
+from hcmtfg.inference import outputs
+from hcmtfg.inference import photo as photo_lib
 from hcmtfg.models import at_net
 from benchmarks import benchmark_setup as setup
 from benchmarks.benchmark_setup import Case
@@ -42,7 +46,7 @@ class _Generation:
                                  explained_variance=None)
     size = setup.vg_sizes(options)["image_size"]
     image = rng.uniform(-1, 1, (size, size, 3)).astype(np.float32)
-    self.photo = generate.PreparedPhoto(
+    self.photo = photo_lib.PreparedPhoto(
         image=image, crop=np.zeros((128, 128, 3), np.uint8),
         crop_landmarks=np.zeros((68, 2), np.float32),
         landmarks=rng.normal(0, 0.1, 136).astype(np.float32), transform=None,
@@ -50,12 +54,12 @@ class _Generation:
     self.speech = _speech(options.speech_seconds, options.seed)
     self.num_frames = audio.num_video_frames(self.speech.shape[0])
     (atnet, at_vars), (vgnet, vg_vars) = flax_side["atnet"], flax_side["vgnet"]
-    self.generator = generate.Generator(atnet, at_vars, vgnet, vg_vars,
+    self.generator = networks.Generator(atnet, at_vars, vgnet, vg_vars,
                                         self.pca, release_coef_scaling=True)
 
   def ours(self) -> Side:
-    """`generate.generate_chunks` end to end; FLOPs of its chunk functions."""
-    gen, chunk = self.generator, generate.CHUNK_FRAMES
+    """`generate.generate` end to end; FLOPs of its chunk functions."""
+    gen, chunk = self.generator, engine.CHUNK_FRAMES
     num_chunks = -(-self.num_frames // chunk)
     at_fn = lambda v, c, e, m: chunked.atnet_chunk(gen.atnet, v, c, e, m)
     _, at_info = setup.compile_aot(
@@ -72,9 +76,7 @@ class _Generation:
     holder = {}
 
     def run():
-      holder["frames"] = np.concatenate(
-          [c.frames for c in generate.generate_chunks(gen, self.photo,
-                                                      self.speech)])
+      holder["frames"] = generate.generate(gen, self.photo, self.speech).frames
       return holder["frames"]
 
     return Side(run, lambda: setup.tree_bytes((gen.atnet_variables,
@@ -97,7 +99,7 @@ class _Generation:
         pca, self.photo.landmarks).astype(np.float32)[None])
     image = torch.from_numpy(setup.nchw(self.photo.image[None]))
     example = torch.from_numpy(example_lmark[None])
-    gain = generate.RELEASE_COEF_GAIN
+    gain = engine.RELEASE_COEF_GAIN
 
     def run():
       padded = np.pad(self.speech, audio.PAD_SAMPLES)
@@ -117,12 +119,10 @@ class _Generation:
 
   def write(self) -> Side:
     """Writing the generated frames and the speech to an H.264/AAC mp4."""
-    frames = np.concatenate(
-        [c.frames for c in generate.generate_chunks(self.generator, self.photo,
-                                                    self.speech)])
+    frames = generate.generate(self.generator, self.photo, self.speech).frames
     folder = tempfile.mkdtemp(prefix="hcmtfg_benchmark_")
     path = f"{folder}/generated.mp4"
-    return Side(lambda: generate.write_result(path, frames, self.speech),
+    return Side(lambda: outputs.write_result(path, frames, self.speech),
                 lambda: frames.nbytes + self.speech.nbytes,
                 extra={"excludes": "the ffmpeg child process's memory"})
 

@@ -22,8 +22,8 @@ import tensorflow_datasets as tfds
 
 import data_pipelines  # noqa: F401  (registers the builders)
 from data_pipelines import build
-from hcmtfg.data import input_pipeline
 from hcmtfg import paths
+from hcmtfg.data import input_pipeline
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
 _DATASET = flags.DEFINE_string("dataset", "synthetic_talking_faces", "Dataset name.")

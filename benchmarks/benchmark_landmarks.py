@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 from skimage import data as sk_data
 
-from hcmtfg.features import face
 from hcmtfg import paths
 from hcmtfg.errors import InputError
+from hcmtfg.features import face
 
 _VIDEO = flags.DEFINE_string("video", None, "Video to read (default: synthetic).")
 _MAX_FRAMES = flags.DEFINE_integer("max_frames", 125, "Frames to process.")

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hcmtfg.weights import convert_torch
 from hcmtfg import models
+from hcmtfg.weights import convert_torch
 
 
 @dataclasses.dataclass(frozen=True)

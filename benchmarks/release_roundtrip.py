@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hcmtfg import models
+from hcmtfg import paths
 from hcmtfg.features import audio
 from hcmtfg.weights import checkpoint_io
 from hcmtfg.weights import convert_torch
-from hcmtfg import models
-from hcmtfg import paths
 
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", "demo_output/release_roundtrip",

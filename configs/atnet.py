@@ -27,9 +27,8 @@ from configs import common
 VARIANTS = common.VARIANTS
 
 
-def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
-  """The AT-net config of one variant ('lrw' | 'grid' | 'synthetic' | 'tiny')."""
-  common.check_variant(arg, 'AT-net')
+def defaults() -> ml_collections.ConfigDict:
+  """Every field of an AT-net config at its default (the release's recipe)."""
   c = common.base_config('atnet')  # seed, dtype, data, optim, loop fields
   c.data.shuffle_buffer = 512  # Training examples in the shuffle buffer.
 
@@ -51,7 +50,13 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   c.model.conv_algorithm = 'auto'
 
   c.summaries.image_size = 96  # Side of each landmark plot, pixels.
+  return c
 
+
+def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
+  """The AT-net config of one variant ('lrw' | 'grid' | 'synthetic' | 'tiny')."""
+  common.check_variant(arg, 'AT-net')
+  c = defaults()
   common.apply_shared_variant(c, arg)
   if arg == 'synthetic':
     c.model.base_width = 16

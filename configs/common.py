@@ -3,8 +3,15 @@
 `base_config` holds what both stages have (seed, dtype, dataset, optimiser,
 loop, summaries); `apply_shared_variant` the parts of the 'lrw', 'grid' and
 'tiny' variants that are the same for both. Each stage's config module adds
-its own network, loss and batch fields on top.
+its own network, loss and batch fields on top, in its `defaults()`.
+
+The configs are the one place where a field's default is stated: the training
+code reads every field directly. A config written before a field existed (or
+one built by hand, with only some fields) gets the missing ones from its
+stage's `defaults()` through `fill_missing`.
 """
+
+import copy
 
 import ml_collections
 from ml_collections import config_dict
@@ -27,7 +34,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # A converted release checkpoint directory (launch.convert_checkpoint output)
   # to start from instead of random weights; None = random.
   c.init_from = config_dict.placeholder(str)
-  # XLA without LLVM optimisation: compiles ~2.5x faster, runs slower (tests).
+  # XLA without LLVM optimisation: quicker to compile, slower to run (tests).
   c.fast_compile = False
 
   c.data = ml_collections.ConfigDict()
@@ -101,3 +108,27 @@ def apply_shared_variant(c: ml_collections.ConfigDict, arg: str) -> None:
     c.checkpoint_every_steps = 2
     c.summaries.num_examples = 2
     c.summaries.num_frames = 2
+
+
+def fill_missing(config: ml_collections.ConfigDict,
+                 defaults: ml_collections.ConfigDict
+                 ) -> ml_collections.ConfigDict:
+  """A copy of `config` with every field of `defaults` it lacks added.
+
+  Nested groups are filled field by field; fields `config` has keep their
+  values (also where `defaults` has none), and `config` itself is unchanged.
+  """
+  filled = copy.deepcopy(config)
+  with filled.unlocked():
+    _fill(filled, defaults)
+  return filled
+
+
+def _fill(config: ml_collections.ConfigDict,
+          defaults: ml_collections.ConfigDict) -> None:
+  for name, value in defaults.items():
+    if name not in config:
+      config[name] = copy.deepcopy(value)
+    elif (isinstance(value, ml_collections.ConfigDict)
+          and isinstance(config[name], ml_collections.ConfigDict)):
+      _fill(config[name], value)

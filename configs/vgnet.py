@@ -33,9 +33,8 @@ from configs import common
 VARIANTS = common.VARIANTS
 
 
-def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
-  """The VG-net config of one variant ('lrw' | 'grid' | 'synthetic' | 'tiny')."""
-  common.check_variant(arg, 'VG-net')
+def defaults() -> ml_collections.ConfigDict:
+  """Every field of a VG-net config at its default (the paper's recipe)."""
   c = common.base_config('vgnet')  # seed, dtype, data, optim, loop fields
   # Frame side S shared by the data and both networks (a multiple of 16).
   size = ml_collections.FieldReference(128)
@@ -106,7 +105,13 @@ def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
   # Steps at the start of a run that train the generator on the pixel terms
   # alone (no discriminator; a third of a GAN step's work); 0 = the paper.
   c.loss.warmup_steps = 0
+  return c
 
+
+def get_config(arg: str = 'synthetic') -> ml_collections.ConfigDict:
+  """The VG-net config of one variant ('lrw' | 'grid' | 'synthetic' | 'tiny')."""
+  common.check_variant(arg, 'VG-net')
+  c = defaults()
   common.apply_shared_variant(c, arg)
   if arg in ('synthetic', 'tiny'):
     apply_fast_talking_recipe(c)

@@ -35,9 +35,9 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 import data_pipelines  # registers the builders.
-from hcmtfg.train import locking
 from hcmtfg import paths
 from hcmtfg.errors import InputError
+from hcmtfg.train import locking
 
 DATASETS = ("synthetic_talking_faces", "lrw", "grid", "voxceleb2")
 

@@ -38,8 +38,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from hcmtfg.features import clip_features
-from hcmtfg.runtime import faults
 from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.runtime import faults
 
 VERSION = tfds.core.Version("1.0.0")
 RELEASE_NOTES = {"1.0.0": "Initial release."}

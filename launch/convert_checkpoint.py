@@ -16,11 +16,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from hcmtfg.weights import checkpoint_io
-from hcmtfg.weights import convert_torch
 from hcmtfg import models
 from hcmtfg import paths
 from hcmtfg.errors import InputError
+from hcmtfg.weights import checkpoint_io
+from hcmtfg.weights import convert_torch
 
 _ATNET_PTH = flags.DEFINE_string(
     "atnet_pth", None, "Release AT-net checkpoint (atnet_lstm_*.pth).")

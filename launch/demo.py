@@ -42,8 +42,8 @@ from absl import app
 from absl import flags
 
 from hcmtfg import atomic
-from hcmtfg.runtime import compile_cache
 from hcmtfg import paths
+from hcmtfg.runtime import compile_cache
 
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "demo_output",
                                   "Where everything goes.")
@@ -166,14 +166,16 @@ def video_talking_metrics(workdirs: dict[str, str], photo: str, speech: str,
   from hcmtfg.features import audio as audio_lib
   from hcmtfg.features import face as face_lib
   from hcmtfg.inference import generate
+  from hcmtfg.inference import networks
+  from hcmtfg.inference import photo as photo_lib
   from hcmtfg.evaluation import mouth_metrics
   from hcmtfg.media import video as video_lib
   # pylint: enable=g-import-not-at-top
-  generator = generate.load_generator_networks(workdirs["atnet"],
+  generator = networks.load_generator_networks(workdirs["atnet"],
                                                workdirs["vgnet"])
   analyzer = face_lib.FaceAnalyzer()
-  prepared = generate.prepare_photo(photo, analyzer,
-                                    image_size=generator.image_size)
+  prepared = photo_lib.prepare_photo(photo, analyzer,
+                                     image_size=generator.image_size)
   signal = audio_lib.load_audio(speech)
   driving = generate.predict_landmarks(generator, prepared, signal).landmarks
   frames = video_lib.read_video(video, with_audio=False).frames
@@ -191,6 +193,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
   from data_pipelines.synthetic import sentence
   from hcmtfg.inference import batch_generate
   from hcmtfg.inference import demo_media
+  from hcmtfg.inference import outputs
   from hcmtfg.evaluation import report
   from hcmtfg.media import image_io
   from hcmtfg.evaluation import mouth_metrics
@@ -258,7 +261,7 @@ def run(out: str, quick: bool, atnet_steps: int | None = None,
         f"\"{sentence.sentence_text(mode['words'])}\"")
 
   video = os.path.join(out, "talking_face.mp4")
-  side = batch_generate.intermediates_path(video)
+  side = outputs.intermediates_path(video)
   sheet = os.path.join(out, "contact_sheet.png")
   talking_json = os.path.join(out, "talking_metrics.json")
   with stage("generate", timings):

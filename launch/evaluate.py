@@ -30,9 +30,9 @@ from absl import app
 from absl import flags
 
 from data_pipelines import build
-from hcmtfg.runtime import compile_cache
-from hcmtfg.evaluation import report
 from hcmtfg.errors import InputError
+from hcmtfg.evaluation import report
+from hcmtfg.runtime import compile_cache
 
 _ATNET = flags.DEFINE_string(
     "atnet_workdir", None, "AT-net training workdir or converted checkpoint "

@@ -38,13 +38,14 @@ from __future__ import annotations
 from absl import app
 from absl import flags
 
-from hcmtfg.runtime import allocator
 from hcmtfg.inference import batch_generate
-from hcmtfg.runtime import compile_cache
-from hcmtfg.inference import generate
+from hcmtfg.inference import engine
 from hcmtfg.inference import networks as networks_lib
+from hcmtfg.inference import photo as photo_lib
+from hcmtfg.media import video_writer
+from hcmtfg.runtime import allocator
+from hcmtfg.runtime import compile_cache
 from hcmtfg.runtime import quick_exit
-from hcmtfg.media import video as video_lib
 
 _IMAGE = flags.DEFINE_string("image", None, "Face photo (any format PIL reads).")
 _AUDIO = flags.DEFINE_string("audio", None, "Speech (wav/flac/mp3/..., any rate, "
@@ -73,15 +74,15 @@ _COEF_SCALING = flags.DEFINE_bool(
     "release_coef_scaling", None, "Scale AT-net coefficients 1..5 by "
     "2*[1.1..1.5] as the release demo does (default: on for converted release "
     "weights, off for trained ones).")
-_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", generate.CHUNK_FRAMES,
+_CHUNK_FRAMES = flags.DEFINE_integer("chunk_frames", engine.CHUNK_FRAMES,
                                      "Frames per network call (memory bound).")
-_MIN_FACE = flags.DEFINE_integer("min_face_size", generate.MIN_FACE_SIZE,
+_MIN_FACE = flags.DEFINE_integer("min_face_size", photo_lib.MIN_FACE_SIZE,
                                  "Smallest face box height accepted, pixels.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Batch mode: regenerate "
                                "outputs that already exist (single mode always "
                                "writes).")
 _PRESET = flags.DEFINE_enum(
-    "preset", video_lib.FAST_PRESET, video_lib.X264_PRESETS,
+    "preset", video_writer.FAST_PRESET, video_writer.X264_PRESETS,
     "x264 preset of the videos (ultrafast ... veryslow: slower makes smaller "
     "files at the same quality).")
 _CACHE = compile_cache.define_flag()

@@ -52,17 +52,10 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 4, "Clips per network call "
 
 def _config_name() -> str:
   """The --config value and its overrides, as flags."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top  (JAX)
   holder = flags.FLAGS["config"]
-  overrides = config_flags.get_override_values(holder)
-  flat = {}
-
-  def walk(tree, prefix):
-    for key, value in tree.items():
-      if isinstance(value, dict):
-        walk(value, f"{prefix}{key}.")
-      else:
-        flat[f"{prefix}{key}"] = value
-  walk(overrides, "")
+  flat = traverse_util.flatten_dict(
+      config_flags.get_override_values(holder), sep=".")
   return " ".join([config_flags.get_config_filename(holder)]
                   + [f"--config.{k}={v}" for k, v in flat.items()])
 

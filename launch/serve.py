@@ -28,13 +28,15 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from hcmtfg import paths
+from hcmtfg.errors import InputError
+from hcmtfg.inference import engine
+from hcmtfg.inference import networks as networks_lib
+from hcmtfg.inference import photo as photo_lib
+from hcmtfg.inference import warm as warm_lib
+from hcmtfg.media import video_writer
 from hcmtfg.runtime import allocator
 from hcmtfg.runtime import compile_cache
-from hcmtfg.inference import generate
-from hcmtfg import paths
-from hcmtfg.inference import networks as networks_lib
-from hcmtfg.media import video as video_lib
-from hcmtfg.errors import InputError
 from hcmtfg.server import uploads
 from hcmtfg.server import web
 
@@ -51,12 +53,12 @@ _BASICS = flags.DEFINE_string(
 _COEF_SCALING = flags.DEFINE_bool(
     "release_coef_scaling", None, "Scale AT-net coefficients 1..5 as the "
     "release demo (default: on for converted release weights).")
-_MIN_FACE = flags.DEFINE_integer("min_face_size", generate.MIN_FACE_SIZE,
+_MIN_FACE = flags.DEFINE_integer("min_face_size", photo_lib.MIN_FACE_SIZE,
                                  "Smallest face box height accepted, pixels.")
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to listen on "
                             "(0.0.0.0: every interface; no authentication).")
 _PORT = flags.DEFINE_integer("port", 8000, "Port (0: any free one).")
-_CHUNK = flags.DEFINE_integer("chunk_frames", generate.CHUNK_FRAMES,
+_CHUNK = flags.DEFINE_integer("chunk_frames", engine.CHUNK_FRAMES,
                               "Frames per network call.")
 _FIRST_CHUNK = flags.DEFINE_integer(
     "first_chunk_frames", 4, "Frames of the first network call of a video "
@@ -71,8 +73,8 @@ _MAX_QUEUED = flags.DEFINE_integer("max_queued", 8, "Videos waiting before new "
                                    "requests are refused (503).")
 _KEEP_MINUTES = flags.DEFINE_float("keep_minutes", 30.0, "Finished videos are "
                                    "kept this long for download.")
-_PRESET = flags.DEFINE_enum("preset", video_lib.FAST_PRESET,
-                            video_lib.X264_PRESETS,
+_PRESET = flags.DEFINE_enum("preset", video_writer.FAST_PRESET,
+                            video_writer.X264_PRESETS,
                             "x264 preset of the videos.")
 _CACHE = compile_cache.define_flag()
 
@@ -97,17 +99,17 @@ def main(argv):
       release_basics_dir=paths.user_path(_BASICS.value),
       release_coef_scaling=_COEF_SCALING.value, min_face_size=_MIN_FACE.value)
   try:
-    pipeline = networks_lib.Pipeline.load(options)
+    warm = warm_lib.WarmNetworks.load(options)
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  warm = pipeline.warm_up((_FIRST_CHUNK.value, _CHUNK.value))
+  warm_seconds = warm.warm_up((_FIRST_CHUNK.value, _CHUNK.value))
   limits = uploads.Limits(
       max_upload_bytes=int(_MAX_UPLOAD.value * 2**20),
       max_speech_seconds=_MAX_SECONDS.value,
       max_photo_side=_MAX_SIDE.value, max_queued=_MAX_QUEUED.value)
   try:
-    server = web.Server(pipeline, host=_HOST.value, port=_PORT.value,
+    server = web.Server(warm, host=_HOST.value, port=_PORT.value,
                         limits=limits, chunk_frames=_CHUNK.value,
                         first_chunk_frames=_FIRST_CHUNK.value,
                         keep_seconds=60 * _KEEP_MINUTES.value,
@@ -128,7 +130,7 @@ def main(argv):
   signal.signal(signal.SIGTERM, stop)
   logging.info("%s", compile_cache.STATS.summary())
   print(f"hcmtfg serve: ready at {server.url} (networks loaded and warm in "
-        f"{time.perf_counter() - start:.1f} s, of which {warm:.1f} s getting "
+        f"{time.perf_counter() - start:.1f} s, of which {warm_seconds:.1f} s getting "
         "the compiled steps); open it in a browser. Ctrl-C stops.", flush=True)
   try:
     server.serve_forever()

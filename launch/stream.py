@@ -29,16 +29,19 @@ import time
 from absl import app
 from absl import flags
 
-from hcmtfg.runtime import allocator
 from hcmtfg import atomic
-from hcmtfg.features import audio as audio_lib
-from hcmtfg.runtime import compile_cache
-from hcmtfg.inference import generate
-from hcmtfg.inference import realtime as realtime_lib
 from hcmtfg import paths
-from hcmtfg.inference import networks as networks_lib
-from hcmtfg.runtime import quick_exit
 from hcmtfg.errors import InputError
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.inference import compose
+from hcmtfg.inference import networks as networks_lib
+from hcmtfg.inference import outputs
+from hcmtfg.inference import photo as photo_lib
+from hcmtfg.inference import realtime as realtime_lib
+from hcmtfg.inference import warm as warm_lib
+from hcmtfg.runtime import allocator
+from hcmtfg.runtime import compile_cache
+from hcmtfg.runtime import quick_exit
 
 _IMAGE = flags.DEFINE_string("image", None, "Face photo.")
 _AUDIO = flags.DEFINE_string("audio", None, "Speech (any format ffmpeg reads).")
@@ -57,7 +60,7 @@ _BASICS = flags.DEFINE_string("release_basics_dir", None, "The release's "
 _COEF_SCALING = flags.DEFINE_bool("release_coef_scaling", None, "The release "
                                   "demo's coefficient scaling (default: on for "
                                   "converted release weights).")
-_MIN_FACE = flags.DEFINE_integer("min_face_size", generate.MIN_FACE_SIZE,
+_MIN_FACE = flags.DEFINE_integer("min_face_size", photo_lib.MIN_FACE_SIZE,
                                  "Smallest face box height accepted, pixels.")
 _PASTE_BACK = flags.DEFINE_bool("paste_back", False, "Composite the face into "
                                 "the whole photo.")
@@ -100,20 +103,20 @@ def main(argv):
       release_basics_dir=paths.user_path(_BASICS.value),
       release_coef_scaling=_COEF_SCALING.value, min_face_size=_MIN_FACE.value)
   try:
-    pipeline = networks_lib.Pipeline.load(options)
+    warm = warm_lib.WarmNetworks.load(options)
     speech = audio_lib.load_audio(audio)
-    track, rate = generate.output_audio(audio, speech)
+    track, rate = outputs.output_audio(audio, speech)
     photo_start = time.perf_counter()
-    photo = pipeline.prepare_photo(image)
+    photo = warm.prepare_photo(image)
     photo_seconds = time.perf_counter() - photo_start
   except InputError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   first = _FIRST_CHUNK.value or _CHUNK.value
-  warm = pipeline.warm_up((first, _CHUNK.value))
+  warm_seconds = warm.warm_up((first, _CHUNK.value))
   if _FORMAT.value == "raw":
     sink = realtime_lib.RawWriter(sys.stdout.buffer)
-    h, w = networks_lib.Renderer(photo, pipeline.image_size,
+    h, w = compose.Renderer(photo, warm.image_size,
                                  paste_back=_PASTE_BACK.value).frame_shape
     print(f"raw rgb24 frames, {w}x{h} at 25 fps: | ffplay -f rawvideo "
           f"-pixel_format rgb24 -video_size {w}x{h} -framerate 25 -",
@@ -123,18 +126,18 @@ def main(argv):
                                     audio_sample_rate=rate)
   ready = time.perf_counter() - start
   try:
-    report = realtime_lib.run(pipeline, photo, speech, sink, chunk_frames=_CHUNK.value,
+    report = realtime_lib.run(warm, photo, speech, sink, chunk_frames=_CHUNK.value,
                       first_chunk_frames=first, paste_back=_PASTE_BACK.value,
                       realtime=_REALTIME.value, block_ms=_BLOCK_MS.value)
   except BaseException:
     sink.abort()
     raise
   print(f"stream: {report.summary()}; set-up {ready:.1f} s (networks warm in "
-        f"{warm:.1f} s, photo {photo_seconds * 1000:.0f} ms)", file=sys.stderr)
+        f"{warm_seconds:.1f} s, photo {photo_seconds * 1000:.0f} ms)", file=sys.stderr)
   print(compile_cache.STATS.summary(), file=sys.stderr)
   if report_path:
     values = report.as_dict()
-    values.update(setup_seconds=ready, warm_up_seconds=warm,
+    values.update(setup_seconds=ready, warm_up_seconds=warm_seconds,
                   photo_seconds=photo_seconds, chunk_frames=_CHUNK.value,
                   first_chunk_frames=first, paste_back=_PASTE_BACK.value,
                   compile_cache=compile_cache.STATS.snapshot())

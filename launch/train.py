@@ -35,14 +35,14 @@ import jax
 from ml_collections import config_flags
 
 from data_pipelines import build
-from hcmtfg.train import checkpoints as checkpoints_lib
-from hcmtfg.runtime import compile_cache
 from hcmtfg import paths
+from hcmtfg.errors import InputError
+from hcmtfg.runtime import compile_cache
 from hcmtfg.runtime import sharding
+from hcmtfg.train import checkpoints as checkpoints_lib
 from hcmtfg.train import summaries
 from hcmtfg.train import trainer as trainer_lib
 from hcmtfg.train import workdir as workdir_lib
-from hcmtfg.errors import InputError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Experiment config, e.g. configs/vgnet.py:synthetic.',

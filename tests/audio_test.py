@@ -7,9 +7,9 @@ import pytest
 import python_speech_features
 import soundfile
 
-from hcmtfg.features import audio
-from hcmtfg.media import video
 from hcmtfg.errors import InputError
+from hcmtfg.features import audio
+from hcmtfg.media import video_writer
 
 SR = 16000
 
@@ -145,7 +145,7 @@ def test_load_formats(tmp_path, name, rate, fmt, subtype, tolerance):
 def test_load_audio_track_of_a_video(tmp_path):
   tone = _tones(SR, SR)
   path = tmp_path / "talk.mp4"
-  video.write_video(path, np.full((25, 32, 32, 3), 90, np.uint8), 25, audio=tone)
+  video_writer.write_video(path, np.full((25, 32, 32, 3), 90, np.uint8), 25, audio=tone)
   signal = audio.load_audio(path)
   assert abs(signal.shape[0] - SR) <= 1024
   m = min(signal.shape[0], SR)
@@ -291,5 +291,5 @@ def test_non_finite_samples(tmp_path):
 
 def test_video_without_audio_track(tmp_path):
   path = tmp_path / "mute.mp4"
-  video.write_video(path, np.full((5, 16, 16, 3), 40, np.uint8), 25)
+  video_writer.write_video(path, np.full((5, 16, 16, 3), 40, np.uint8), 25)
   _expect_input_error(path, "no audio track")

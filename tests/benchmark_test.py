@@ -12,21 +12,10 @@ import conftest
 import pytest
 import soundfile
 
-from data_pipelines import build
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-NUM_CLIPS = 10  # as datasets_test.py / launch_train_test.py: one shared build
 KEYS = {"case", "unit", "ours", "release", "ratio", "gflops", "peak_mem_mb",
         "extra"}
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> pathlib.Path:
-  """The shared tiny dataset's TFDS data_dir, built if no test built it yet."""
-  root = tmp_path_factory.getbasetemp() / "hcmtfg_datasets"
-  build.build_dataset("synthetic_talking_faces", root / "tfds", config="tiny",
-                      num_clips=NUM_CLIPS, download_dir=root / "downloads")
-  return root / "tfds"
 
 
 def _user_env() -> dict[str, str]:
@@ -120,9 +109,9 @@ def test_unknown_case_is_an_error(tmp_path):
 def _write_face_video(path: pathlib.Path, photo: pathlib.Path) -> None:
   """Three still frames of `photo` (a face), as an mp4."""
   from hcmtfg.media import image_io  # pylint: disable=g-import-not-at-top
-  from hcmtfg.media import video  # pylint: disable=g-import-not-at-top
+  from hcmtfg.media import video_writer  # pylint: disable=g-import-not-at-top
   image = image_io.load_image(photo)
-  video.write_video(path, [image] * 3)
+  video_writer.write_video(path, [image] * 3)
 
 
 @pytest.mark.parametrize("module", ["benchmark", "benchmark_features",

@@ -6,12 +6,13 @@ import pytest
 from skimage import data as sk_data
 import soundfile
 
+from hcmtfg.errors import InputError
 from hcmtfg.features import audio
 from hcmtfg.features import clip_features
 from hcmtfg.features import face
 from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.media import video
-from hcmtfg.errors import InputError
+from hcmtfg.media import video_writer
 
 NUM_FRAMES = 29
 
@@ -44,7 +45,7 @@ def analyzer():
 @pytest.fixture(scope="module")
 def clip_path(tmp_path_factory):
   path = tmp_path_factory.mktemp("clips") / "talking.mp4"
-  video.write_video(path, _moving_face(NUM_FRAMES), audio=_speech(NUM_FRAMES / 25))
+  video_writer.write_video(path, _moving_face(NUM_FRAMES), audio=_speech(NUM_FRAMES / 25))
   return path
 
 
@@ -86,30 +87,13 @@ def test_mfcc_is_the_padded_audio_mfcc(example, clip_path):
 
 def test_normalised_landmarks_are_procrustes_to_the_default_mean(example):
   expected = landmarks_lib.procrustes_normalise(
-      example.landmarks, clip_features.default_mean_shape())
+      example.landmarks, landmarks_lib.default_mean_shape())
   np.testing.assert_allclose(example.normalized_landmarks, expected, atol=1e-6)
   # Centred, at most unit norm (the fit's scale: 1 for a perfect match), no x5.
   norms = np.linalg.norm(example.normalized_landmarks, axis=1)
   assert np.all((norms > 0.95) & (norms <= 1.0 + 1e-6))
   centroids = example.normalized_landmarks.reshape(-1, 68, 2).mean(axis=1)
   np.testing.assert_allclose(centroids, 0.0, atol=1e-6)
-
-
-def test_normalisation_ignores_position_scale_and_rotation():
-  mean = clip_features.default_mean_shape()
-  rng = np.random.default_rng(0)
-  shape = mean + rng.normal(0, 1.0, mean.shape)
-  angle = 0.3
-  rotation = np.array([[np.cos(angle), -np.sin(angle)],
-                       [np.sin(angle), np.cos(angle)]])
-  moved = 2.5 * shape @ rotation.T + np.array([40.0, -7.0])
-  a = clip_features.normalize_landmarks(shape)
-  b = clip_features.normalize_landmarks(moved)
-  np.testing.assert_allclose(a, b, atol=1e-5)
-  # The mean shape itself normalises to its own (standardised) copy.
-  own = clip_features.normalize_landmarks(mean).reshape(68, 2)
-  centred = mean - mean.mean(0)
-  np.testing.assert_allclose(own, centred / np.linalg.norm(centred), atol=1e-6)
 
 
 def test_encoded_frames_decode_to_the_crops(example):
@@ -144,7 +128,7 @@ def test_pca_coefficients_and_frame_limit(clip_path, analyzer, example):
 
 def test_separate_audio_file(tmp_path, analyzer, example, clip_path):
   silent = tmp_path / "silent.mp4"
-  video.write_video(silent, _moving_face(NUM_FRAMES))
+  video_writer.write_video(silent, _moving_face(NUM_FRAMES))
   wav = tmp_path / "speech.wav"
   soundfile.write(wav, video.read_audio(clip_path), 16000, subtype="FLOAT")
   with pytest.raises(clip_features.ClipError) as info:
@@ -165,11 +149,11 @@ def test_failures_raise_clip_error_with_reason(kind, reason, tmp_path, analyzer)
   if kind == "corrupt":
     path.write_bytes(np.random.default_rng(0).bytes(4000))
   elif kind == "short":
-    video.write_video(path, _moving_face(10), audio=_speech(0.4))
+    video_writer.write_video(path, _moving_face(10), audio=_speech(0.4))
   elif kind == "no_face":
     rng = np.random.default_rng(0)
     frames = rng.integers(90, 110, (NUM_FRAMES, 96, 96, 3), dtype=np.uint8)
-    video.write_video(path, frames, audio=_speech(NUM_FRAMES / 25))
+    video_writer.write_video(path, frames, audio=_speech(NUM_FRAMES / 25))
   with pytest.raises(clip_features.ClipError) as info:
     clip_features.extract_clip(path, analyzer=analyzer)
   assert info.value.reason == reason

@@ -145,8 +145,22 @@ def max_chunk_traces(monkeypatch):
     chex.clear_trace_counter()
     with monkeypatch.context() as patch:
       for name in ("atnet_chunk", "vgnet_chunk"):
-        patch.setattr(streaming, name,
-                      chex.assert_max_traces(getattr(streaming, name), n))
+        patch.setattr(chunked, name,
+                      chex.assert_max_traces(getattr(chunked, name), n))
       yield
 
   return limit
+
+
+TINY_CLIPS = 10  # the tiny synthetic corpus every dataset test shares
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> pathlib.Path:
+  """The shared tiny dataset's TFDS data_dir, built if no test built it yet
+  (one build per worker, under pytest's base temp dir)."""
+  from data_pipelines import build  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.getbasetemp() / "hcmtfg_datasets"
+  build.build_dataset("synthetic_talking_faces", root / "tfds", config="tiny",
+                      num_clips=TINY_CLIPS, download_dir=root / "downloads")
+  return root / "tfds"

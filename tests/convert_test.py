@@ -20,10 +20,10 @@ import jax
 import numpy as np
 import pytest
 
-from hcmtfg.weights import checkpoint_io
-from hcmtfg.weights import convert_torch
 from hcmtfg import models
 from hcmtfg.errors import InputError
+from hcmtfg.weights import checkpoint_io
+from hcmtfg.weights import convert_torch
 from launch import convert_checkpoint
 
 _SECTIONS = {"AT-net": "atnet", "VG-net generator": "vgnet",

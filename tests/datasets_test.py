@@ -21,11 +21,12 @@ import data_pipelines  # noqa: F401  (registers the builders)
 from data_pipelines import build
 from data_pipelines import common
 from data_pipelines import synthetic_talking_faces
+from hcmtfg.data import input_pipeline
 from hcmtfg.features import audio
 from hcmtfg.features import clip_features
-from hcmtfg.data import input_pipeline
 from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.media import video
+from hcmtfg.media import video_writer
 
 NUM_CLIPS = 10
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def _no_face_clip(path: pathlib.Path) -> None:
   rng = np.random.default_rng(0)
   frames = rng.integers(90, 110, (29, 96, 96, 3), dtype=np.uint8)
   speech = 0.1 * rng.standard_normal(int(16000 * 1.16)).astype(np.float32)
-  video.write_video(path, frames, audio=speech)
+  video_writer.write_video(path, frames, audio=speech)
 
 
 @pytest.fixture(scope="module")

@@ -21,31 +21,23 @@ import numpy as np
 import pytest
 
 from data_pipelines import build
-from hcmtfg.features import audio as audio_lib
-from hcmtfg.evaluation import evaluate
-from hcmtfg.evaluation import report as cli
-from hcmtfg.inference import generate
-from hcmtfg.data import input_pipeline
-from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg import models
-from hcmtfg.evaluation import mouth_metrics
+from hcmtfg.data import input_pipeline
 from hcmtfg.errors import InputError
+from hcmtfg.evaluation import evaluate
+from hcmtfg.evaluation import mouth_metrics
+from hcmtfg.evaluation import report as cli
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.inference import engine
+from hcmtfg.inference import generate
+from hcmtfg.inference import networks as networks_lib
 from tests import generate_test
 
-NUM_CLIPS = 10  # as datasets_test.py / launch_train_test.py: one shared build
 ATNET = dict(base_width=4, lmark_features=[8, 16], audio_features=[32, 8],
              lstm_features=8, lstm_layers=1)
 VGNET = dict(image_size=32, base_width=8, bottleneck_features=8,
              convgru_features=16, num_res_blocks=1)
-
-
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> pathlib.Path:
-  """The shared tiny dataset's TFDS data_dir, built if no test built it yet."""
-  root = tmp_path_factory.getbasetemp() / "hcmtfg_datasets"
-  build.build_dataset("synthetic_talking_faces", root / "tfds", config="tiny",
-                      num_clips=NUM_CLIPS, download_dir=root / "downloads")
-  return root / "tfds"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +68,7 @@ def workdirs(tmp_path_factory, builder, tiny_data):
 
 @pytest.fixture(scope="module")
 def generator(workdirs):
-  return generate.load_generator_networks(*workdirs)
+  return networks_lib.load_generator_networks(*workdirs)
 
 
 @pytest.fixture(scope="module")
@@ -203,23 +195,23 @@ def _direct_frames(generator, clip: evaluate.Clip) -> dict[str, np.ndarray]:
 
 
 def test_batched_chunked_paths_equal_direct_computation(generator, clips):
-  gain = np.ones(generator.atnet.pca_dim, np.float32)
   # B = 3 clips in chunks of 8 frames vs one clip, all frames at once.
-  batched = evaluate.dispatch_batch(generator, clips, 3, 8, gain)
+  batched = evaluate.dispatch(generator, clips, 3, 8)
+  frames = {path: engine.concatenated(chunks, "frames")
+            for path, chunks in batched.chunks.items()}
   for b in (0, 2):
     direct = _direct_frames(generator, clips[b])
     n = clips[b].frames.shape[0] - 1
     for path in evaluate.NETWORK_PATHS:
-      x = np.asarray(batched.frames[path])[b, :n].astype(int)
+      x = frames[path][b, :n].astype(int)
       assert np.abs(x - direct[path]).max() <= 1, (b, path)
-  cascade = np.asarray(batched.frames["cascade"])
-  truth = np.asarray(batched.frames["gt_landmarks"])
+  cascade, truth = frames["cascade"], frames["gt_landmarks"]
   assert (cascade != truth).mean() > 1e-3, "true landmarks give the cascade's frames"
 
 
 def test_vgnet_only_generator_evaluates_a_subset_of_paths(
     generator, workdirs, clips, analyzer):
-  vgnet_only = generate.load_vgnet_generator(workdirs[1])
+  vgnet_only = networks_lib.load_vgnet_generator(workdirs[1])
   assert vgnet_only.atnet is None and vgnet_only.pca.scale == generator.pca.scale
   run = lambda g, paths: evaluate.evaluate(  # batch padded to 3 clips
       g, clips[:1], analyzers=[analyzer], batch_size=3, chunk_frames=8,
@@ -245,15 +237,16 @@ def test_vgnet_only_generator_evaluates_a_subset_of_paths(
 
 
 def test_evaluate_cli_writes_table_and_finite_metrics(workdirs, tiny_data,
-                                                      tmp_path, capsys):
+                                                      tmp_path, capsys,
+                                                      max_chunk_traces):
   out = tmp_path / "eval"
-  before = evaluate._vgnet_chunk._cache_size()
-  results = cli.run(str(workdirs[0]), str(workdirs[1]), str(out),
-                    load_builder=build.load_builder, split="train",
-                    max_clips=4, batch_size=3, chunk_frames=8, progress=False)
-  # 2 batches (the last one padded), 4 chunks each, 2 paths: compiled once
-  # (by the previous test already, when it ran).
-  assert evaluate._vgnet_chunk._cache_size() - before <= 1
+  # 2 batches (the last one padded), 4 chunks each, 2 paths: each step is
+  # traced once per input shape at most (VG-net: coefficients, landmarks).
+  with max_chunk_traces(2):
+    results = cli.run(str(workdirs[0]), str(workdirs[1]), str(out),
+                      load_builder=build.load_builder, split="train",
+                      max_clips=4, batch_size=3, chunk_frames=8,
+                      progress=False)
   printed = capsys.readouterr().out
   assert "| SSIM ↑ | release" in printed and "| LMD px ↓ |" in printed
   assert (out / "metrics.md").read_text().strip() in printed

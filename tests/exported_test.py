@@ -7,11 +7,13 @@ import os
 import numpy as np
 import pytest
 
+from hcmtfg import models
 from hcmtfg.features import audio as audio_lib
+from hcmtfg.inference import generate
+from hcmtfg.inference import networks as networks_lib
+from hcmtfg.inference import photo as photo_lib
 from hcmtfg.runtime import compile_cache
 from hcmtfg.runtime import exported
-from hcmtfg.inference import generate
-from hcmtfg import models
 from tests import generate_test
 
 
@@ -22,7 +24,7 @@ def parts(shared_data):
   atnet = models.ATNet.from_config(generate_test.ATNET)
   vgnet = models.VGNet.from_config(generate_test.VGNET)
   pca = landmarks_lib.load_release_pca(shared_data / "atvgnet_basics")
-  photo = generate.prepare_photo(shared_data / "faces" / "obama.jpg",
+  photo = photo_lib.prepare_photo(shared_data / "faces" / "obama.jpg",
                                  face.FaceAnalyzer(), image_size=32)
   speech = audio_lib.load_audio(shared_data / "speech" / "audio_sample.wav")
   return {"atnet": atnet, "vgnet": vgnet, "pca": pca, "photo": photo,
@@ -38,7 +40,7 @@ def cache_dir(tmp_path_factory):
 
 
 def _frames(parts) -> np.ndarray:
-  generator = generate.Generator(parts["atnet"], parts["at_vars"],
+  generator = networks_lib.Generator(parts["atnet"], parts["at_vars"],
                                  parts["vgnet"], parts["vg_vars"],
                                  parts["pca"], release_coef_scaling=True)
   return generate.generate(generator, parts["photo"], parts["speech"],

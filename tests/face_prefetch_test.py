@@ -5,10 +5,10 @@ from PIL import Image
 import pytest
 from skimage import data as sk_data
 
+from hcmtfg.errors import InputError
 from hcmtfg.features import face
 from hcmtfg.inference import face_prefetch
 from hcmtfg.inference import photo as photo_lib
-from hcmtfg.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from PIL import Image
 import pytest
 from skimage import data as sk_data
 
+from hcmtfg.errors import InputError
 from hcmtfg.features import face
 from hcmtfg.media import image_io
-from hcmtfg.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,8 @@ def _moving_video(photo, center, num_frames, size=256, step=1.2):
 
 
 def test_find_predictor_path_without_importing_package(tmp_path):
-  code = ("import sys; from hcmtfg import face; p = face.find_predictor_path(); "
+  code = ("import sys; from hcmtfg.features import face; "
+          "p = face.find_predictor_path(); "
           "import os; assert os.path.getsize(p) > 50e6, p; "
           "assert 'face_recognition_models' not in sys.modules; print(p)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,

@@ -2,12 +2,13 @@
 
 Run alone with `pytest -m faults`. Processes are killed for real (SIGKILL) at
 points chosen by a seeded random generator (HCMTFG_FAULT_SEED, default 0);
-`hcmtfg.runtime.faults` (the HCMTFG_FAULT environment variable) lets a child kill or
-pause itself at an exact point: inside a train step, between writing a
-checkpoint and committing it, half-way through a dataset build or a video. A
-full disk is simulated with RLIMIT_FSIZE in the child (writes past the limit
-fail with EFBIG, as ENOSPC on a full disk), since mounting a small file system
-needs privileges CI does not have.
+either from outside (a training step, a video being written) or by the child
+itself at an exact point through `hcmtfg.runtime.faults` (the HCMTFG_FAULT
+environment variable): before writing a checkpoint, between writing and
+committing it, half-way through a dataset build. A full disk is simulated
+with RLIMIT_FSIZE in the child (writes past the limit fail with EFBIG, as
+ENOSPC on a full disk), since mounting a small file system needs privileges CI
+does not have.
 
 What each test covers (the issue's cases):
   1 kills during steps / checkpoint writes    test_training_survives_...
@@ -42,11 +43,11 @@ import tensorflow_datasets as tfds
 
 import data_pipelines  # noqa: F401  (registers the builders)
 from data_pipelines import build
-from hcmtfg.train import checkpoints as checkpoints_lib
 from hcmtfg.data import input_pipeline
+from hcmtfg.errors import InputError
+from hcmtfg.train import checkpoints as checkpoints_lib
 from hcmtfg.train import locking
 from hcmtfg.train import workdir as workdir_lib
-from hcmtfg.errors import InputError
 
 pytestmark = pytest.mark.faults
 
@@ -373,12 +374,13 @@ def test_training_survives_kills_corruption_a_second_trainer_and_full_disk(
   workdir = tmp_path / 'run'
   events = []
 
-  # Kill 1, and case 3: while a trainer is paused inside step n, a second
-  # trainer on the same workdir is refused, naming the first; the SIGKILLed
-  # first one leaves no stuck lock (the next runs start).
-  n = rng.randint(2, 4)
-  first = _Trainer(workdir, data_root, cache, f'pause:train_step@{n}')
-  first.wait_for(f'HCMTFG_FAULT: pause at train_step@{n}')
+  # Kill 1, and case 3: while a trainer is paused before saving step n (the
+  # steps before it trained and saved), a second trainer on the same workdir
+  # is refused, naming the first; the first one, SIGKILLed from outside,
+  # leaves no stuck lock (the next runs start).
+  n = rng.choice(SCHEDULE[1:3])
+  first = _Trainer(workdir, data_root, cache, f'pause:ckpt_save@{n}')
+  first.wait_for(f'HCMTFG_FAULT: pause at ckpt_save@{n}')
   from configs import atnet  # pylint: disable=g-import-not-at-top
   from hcmtfg.train import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   config = atnet.get_config('tiny')
@@ -389,26 +391,37 @@ def test_training_survives_kills_corruption_a_second_trainer_and_full_disk(
     trainer_lib.train(config, workdir, build.prepare_dataset(config.data))
   first.proc.send_signal(signal.SIGKILL)
   assert first.wait()[0] == -signal.SIGKILL
-  events.append(f'external SIGKILL in step {n}')
+  events.append(f'external SIGKILL paused before saving step {n}')
 
-  # Kills 2-5: inside a step, before a save, between writing and committing.
-  kinds = ['train_step', 'ckpt_commit', 'ckpt_commit', 'ckpt_save']
+  # Kills 2-5: while training (from outside, once step n is logged), before a
+  # save, between writing and committing.
+  kinds = ['training', 'ckpt_commit', 'ckpt_commit', 'ckpt_save']
   rng.shuffle(kinds)
   for kind in kinds:
     done = max(_committed(workdir), default=0)
     ahead = [s for s in SCHEDULE if s > done][:2]  # the next two saves
-    if kind == 'train_step':
-      n = rng.randint(done + 1, ahead[-1])
+    if kind == 'training':
+      # Killed after step n, before the save that follows it (the trainer
+      # waits there at the latest), wherever the steps have got to by then.
+      n = rng.randint(done + 1, min(ahead[-1], NUM_STEPS - 1))
+      then = min(s for s in SCHEDULE if s > n)
+      trainer = _Trainer(workdir, data_root, cache, f'pause:ckpt_save@{then}')
+      trainer.wait_for(f'step {n}: train/')
+      trainer.proc.send_signal(signal.SIGKILL)
+      code, log = trainer.wait()
     else:
       n = rng.choice(ahead)
-    code, log = _Trainer(workdir, data_root, cache, f'kill:{kind}@{n}').wait()
+      code, log = _Trainer(workdir, data_root, cache,
+                           f'kill:{kind}@{n}').wait()
     assert code == -signal.SIGKILL, log[-3000:]
     assert _resumed_from(log) == (done or None)  # the newest complete one
-    if kind != 'train_step':
+    if kind != 'training':
       assert n not in _committed(workdir)
+      events.append(f'SIGKILL at {kind}@{n}')
+    else:
+      events.append(f'external SIGKILL after step {n}')
     if kind == 'ckpt_commit':  # written, never committed: not under `n`
       assert list((workdir / 'checkpoints').glob(f'{n}.orbax-checkpoint-tmp*'))
-    events.append(f'SIGKILL at {kind}@{n}')
 
   # Case 7: the disk fills up while a checkpoint is written (RLIMIT_FSIZE).
   done = max(_committed(workdir), default=0)
@@ -540,10 +553,19 @@ def test_batch_generation_killed_then_rerun_skips_finished_videos(
   cmd = [sys.executable, '-m', 'launch.generate', f'--pairs={root}/pairs.csv',
          f'--atnet_workdir={root}/atnet', f'--vgnet_workdir={root}/vgnet',
          '--chunk_frames=8']
-  proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True,
-                        env=_env(HCMTFG_FAULT=f'kill:video_write@{n}'),
-                        timeout=300, check=False)
-  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+  # Killed from outside, as a user's ^\ or the OOM killer would: as soon as
+  # video n's hidden partial file has content.
+  stem = 'abc'[n - 1]
+  with subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True, env=_env()) as proc:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+      if any(p.stat().st_size > 0 for p in out.glob(f'.{stem}.*partial*')):
+        proc.send_signal(signal.SIGKILL)
+        break
+      time.sleep(0.005)
+    _, stderr = proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL, stderr[-3000:]
   finished = sorted(p.name for p in out.glob('[!.]*.mp4'))
   assert finished == ['a.mp4', 'b.mp4'][:n - 1]
   for name in finished:  # nothing truncated under a final name

@@ -22,18 +22,22 @@ import optax
 import pytest
 import soundfile
 
-from hcmtfg.features import audio as audio_lib
-from hcmtfg.inference import batch_generate as cli
-from hcmtfg.weights import checkpoint_io
-from hcmtfg.train import checkpoints as checkpoints_lib
-from hcmtfg.inference import compose
-from hcmtfg.inference import generate
-from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg import models
-from hcmtfg.inference import chunked as chunked_lib
-from hcmtfg.train import train_state as ts
-from hcmtfg.media import video as video_lib
 from hcmtfg.errors import InputError
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.inference import batch_generate as cli
+from hcmtfg.inference import chunked as chunked_lib
+from hcmtfg.inference import compose
+from hcmtfg.inference import engine
+from hcmtfg.inference import generate
+from hcmtfg.inference import networks as networks_lib
+from hcmtfg.inference import outputs
+from hcmtfg.inference import photo as photo_lib
+from hcmtfg.media import video as video_lib
+from hcmtfg.train import checkpoints as checkpoints_lib
+from hcmtfg.train import train_state as ts
+from hcmtfg.weights import checkpoint_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ATNET = dict(base_width=4, lmark_features=[8, 16], audio_features=[32, 8],
@@ -106,7 +110,7 @@ def nets(tmp_path_factory, shared_data):
 
 @pytest.fixture(scope="module")
 def generator(nets):
-  return generate.load_generator_networks(nets["root"] / "atnet",
+  return networks_lib.load_generator_networks(nets["root"] / "atnet",
                                           nets["root"] / "vgnet")
 
 
@@ -172,7 +176,7 @@ def _options(nets, **kwargs) -> cli.Options:
 
 
 def test_both_layouts_load_the_same_weights(nets, generator):
-  converted = generate.load_generator_networks(
+  converted = networks_lib.load_generator_networks(
       nets["root"] / "converted", nets["root"] / "converted" / "vgnet",
       pca_path=nets["root"] / "atnet" / "landmark_pca.npz")
   for a, b in ((generator.atnet_variables, converted.atnet_variables),
@@ -198,7 +202,7 @@ def test_checkpoint_problems_are_clear_input_errors(nets, tmp_path):
   with pytest.raises(InputError, match="no saved checkpoint"):
     checkpoint_io.load_network(tmp_path / "empty", "atnet")
   with pytest.raises(InputError, match="no landmark PCA"):
-    generate.load_generator_networks(root / "converted", root / "converted")
+    networks_lib.load_generator_networks(root / "converted", root / "converted")
   # Weights saved for one config, loaded with another.
   bad = tmp_path / "bad"
   bad.mkdir()
@@ -284,7 +288,7 @@ def test_cli_reports_a_mismatched_checkpoint(nets, media, tmp_path, capsys):
 
 def test_chunked_generation_equals_one_pass(generator, analyzer, media,
                                              max_chunk_traces):
-  photo = generate.prepare_photo(media["obama"], analyzer, image_size=32)
+  photo = photo_lib.prepare_photo(media["obama"], analyzer, image_size=32)
   speech = audio_lib.load_audio(media["speech"])  # 1 s: 25 frames
   with max_chunk_traces(1):  # each step compiled at most once for chunks of 7
     chunked = generate.generate(generator, photo, speech, chunk_frames=7,
@@ -310,7 +314,8 @@ def test_chunked_generation_equals_one_pass(generator, analyzer, media,
       atol=1e-5)
   scale = generator.pca.scale
   image = jnp.asarray(photo.image[None])
-  example = jnp.asarray(generate.vgnet_example_landmark(generator, photo)[None])
+  example = jnp.asarray(
+      engine.FrameStream.for_photo(generator, photo).example_landmarks)
   np.testing.assert_allclose(  # the photo's landmarks through the PCA
       example[0], landmarks_lib.reconstruct(generator.pca, example_coef[0]) * scale,
       atol=1e-5)
@@ -329,16 +334,16 @@ def test_chunked_generation_equals_one_pass(generator, analyzer, media,
   at_carry = chunked_lib.atnet_initial_carry(generator.atnet)
   vg_carry = chunked_lib.vgnet_initial_carry(generator.vgnet)
   for end in (7, 14):
-    restart_at = generate.atnet_step(
-        generator.atnet, generator.atnet_variables,
+    restart_at = engine.atnet_chunk_step(generator)(
+        generator.atnet_variables,
         chunked_lib.atnet_initial_carry(generator.atnet), example_coef,
         jnp.asarray(windows[None, end - 7:end]))[1]
-    at_carry = generate.atnet_step(
-        generator.atnet, generator.atnet_variables, at_carry, example_coef,
+    at_carry = engine.atnet_chunk_step(generator)(
+        generator.atnet_variables, at_carry, example_coef,
         jnp.asarray(windows[None, end - 7:end]))[1]
     chunk_coefs = jnp.asarray(coefs[:, end - 7:end])
-    step = lambda carry: generate._vgnet_step(  # pylint: disable=protected-access
-        generator.vgnet, generator.vgnet_variables, carry, image, chunk_coefs,
+    step = lambda carry: engine.vgnet_chunk_step(generator)(
+        generator.vgnet_variables, carry, image, chunk_coefs,
         example, generator.pca_components, generator.pca_mean)[-1]
     restart_vg = step(chunked_lib.vgnet_initial_carry(generator.vgnet))
     vg_carry = step(vg_carry)
@@ -351,13 +356,14 @@ def test_chunked_generation_equals_one_pass(generator, analyzer, media,
 
 def test_write_result_streams_chunks_with_the_speech(generator, analyzer, media,
                                                      tmp_path):
-  photo = generate.prepare_photo(media["test1"], analyzer, image_size=32)
+  photo = photo_lib.prepare_photo(media["test1"], analyzer, image_size=32)
   speech = audio_lib.load_audio(media["8k"])  # 0.7 s: 18 frames
-  track, rate = generate.output_audio(media["8k"], speech)
+  track, rate = outputs.output_audio(media["8k"], speech)
   assert rate == 8000 and track.shape == (5600, 1)
   path = tmp_path / "sub" / "result.mp4"
-  written = generate.write_result(path, generate.generate_chunks(
-      generator, photo, speech, chunk_frames=7), track, audio_sample_rate=rate)
+  stream = engine.FrameStream.for_photo(generator, photo, chunk_frames=7)
+  written = outputs.write_result(path, stream.run(
+      generate.speech_windows(speech)), track, audio_sample_rate=rate)
   assert written == 18
   _check_video(path, media["8k"], (32, 32))
   frames = generate.generate(generator, photo, speech, chunk_frames=7).frames
@@ -366,7 +372,7 @@ def test_write_result_streams_chunks_with_the_speech(generator, analyzer, media,
 
 
 def test_release_coefficient_scaling(generator, analyzer, media):
-  photo = generate.prepare_photo(media["test1"], analyzer, image_size=32)
+  photo = photo_lib.prepare_photo(media["test1"], analyzer, image_size=32)
   speech = audio_lib.load_audio(media["speech"])
   plain = generate.predict_landmarks(generator, photo, speech)
   scaled = generate.predict_landmarks(generator, photo, speech,
@@ -382,18 +388,17 @@ def test_release_coefficient_scaling(generator, analyzer, media):
 
 
 def test_photo_landmarks_normalised_like_the_datasets(analyzer, media):
-  from hcmtfg.features import clip_features  # pylint: disable=g-import-not-at-top
-  photo = generate.prepare_photo(media["obama"], analyzer)
+  photo = photo_lib.prepare_photo(media["obama"], analyzer)
   assert photo.crop.shape == (128, 128, 3) and photo.image.shape == (128, 128, 3)
   np.testing.assert_allclose(photo.image, photo.crop / 127.5 - 1, atol=1e-6)
   np.testing.assert_allclose(
-      photo.landmarks, clip_features.normalize_landmarks(photo.crop_landmarks)[0])
+      photo.landmarks, landmarks_lib.normalize_landmarks(photo.crop_landmarks)[0])
   back = photo.landmarks_to_crop(photo.landmarks[None])[0]
   np.testing.assert_allclose(back, photo.crop_landmarks, atol=0.05)
 
 
 def test_paste_back_restores_the_photo_geometry(analyzer, media):
-  photo = generate.prepare_photo(media["obama"], analyzer)
+  photo = photo_lib.prepare_photo(media["obama"], analyzer)
   paster = compose.PasteBack(photo.source_image, photo.transform, 128)
   pasted = paster(photo.crop)
   assert pasted.shape == photo.source_image.shape
@@ -414,7 +419,7 @@ def test_paste_back_restores_the_photo_geometry(analyzer, media):
 
 
 def test_intermediates_panels(analyzer, media):
-  photo = generate.prepare_photo(media["obama"], analyzer, image_size=32)
+  photo = photo_lib.prepare_photo(media["obama"], analyzer, image_size=32)
   frames = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8)
   attention = np.stack([np.zeros((32, 32)), np.ones((32, 32))]).astype(np.float32)
   panels = compose.intermediates_frames(
@@ -484,7 +489,7 @@ def test_single_inputs_that_work(nets, media, tmp_path, caplog):
   small[64:192, 64:192] = big[::2, ::2]
   two_faces = np.concatenate([small, big], axis=1)
   with caplog.at_level("WARNING"):
-    photo = generate.prepare_photo(two_faces, face.FaceAnalyzer())
+    photo = photo_lib.prepare_photo(two_faces, face.FaceAnalyzer())
   assert "2 faces found; using the largest" in caplog.text
   assert photo.transform.left > 200  # the big face, right half
 
@@ -565,7 +570,7 @@ def test_full_file_with_paste_back_and_intermediates(nets, media, tmp_path):
   frames, _, info = _frame_count_and_duration(output)
   assert frames == 150  # 6.0 s at 25 fps
   _check_video(output, media["full_speech"], (640, 360))  # the photo's size
-  _check_video(cli.intermediates_path(str(output)), media["full_speech"],
+  _check_video(outputs.intermediates_path(str(output)), media["full_speech"],
                (512, 128))
 
 

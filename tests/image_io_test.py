@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from hcmtfg.media import image_io
 from hcmtfg.errors import InputError
+from hcmtfg.media import image_io
 
 
 def test_reading_photos_does_not_load_dlib():
-  code = ("import sys; from hcmtfg import image_io; "
+  code = ("import sys; from hcmtfg.media import image_io; "
           "assert 'dlib' not in sys.modules, 'dlib imported'")
   subprocess.run([sys.executable, "-c", code], check=True)
 

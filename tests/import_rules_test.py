@@ -10,6 +10,9 @@ a row of its own.
 benchmarks/ (speed benchmarks, the release's PyTorch declaration, the round
 trip) builds on the library and runs the launch/ commands as subprocesses, as a
 user would; nothing that ships to users imports it. tests/ may import anything.
+
+Inside the library, LAYERS states what each subpackage of hcmtfg/ may import
+(the data flow's directions), and the root modules import no subpackage.
 """
 
 import ast
@@ -35,6 +38,32 @@ RULES = (
     ('configs', ('launch', 'tests', 'benchmarks')),
 )
 FOLDERS = [folder for folder, _ in RULES]
+
+# Inside the library: each subpackage of hcmtfg/ and what of the library it
+# may import, besides itself and the root modules. The directions follow the
+# data flow (media -> features -> data -> train; weights -> inference ->
+# evaluation, server); a new subpackage needs a row, or the test fails.
+LAYERS = {
+    'models': (),  # the networks: pure Flax, nothing else of ours
+    'media': (),
+    'runtime': ('models',),  # exported steps hold the Winograd transforms
+    'features': ('media',),
+    'data': ('features', 'runtime'),
+    'weights': ('models', 'features', 'runtime'),
+    'train': ('models', 'runtime', 'features', 'data', 'weights'),
+    'inference': ('models', 'runtime', 'media', 'features', 'weights'),
+    'evaluation': ('models', 'runtime', 'media', 'features', 'data', 'weights',
+                   'inference', 'train'),
+    'server': ('runtime', 'media', 'features', 'inference'),
+}
+# The modules at the library's root, which every subpackage may use; they
+# import none of the subpackages. Kept few on purpose.
+ROOT_MODULES = ('__init__', 'atomic', 'errors', 'paths')
+MAX_ROOT_MODULES = 8
+SUBPACKAGE_RULES = tuple(
+    (f'hcmtfg/{package}', tuple(f'hcmtfg.{other}' for other in sorted(LAYERS)
+                                if other != package and other not in allowed))
+    for package, allowed in LAYERS.items())
 
 
 def _literal_import(node: ast.Call) -> str | None:
@@ -101,6 +130,61 @@ def test_imports_point_one_way(folder, forbidden):
 def test_every_top_level_package_has_a_rule():
   packages = {p.parent.name for p in REPO.glob('*/__init__.py')}
   assert packages == set(FOLDERS)
+
+
+@pytest.mark.parametrize('folder, forbidden', SUBPACKAGE_RULES,
+                         ids=[f for f, _ in SUBPACKAGE_RULES])
+def test_library_subpackages_import_along_the_data_flow(folder, forbidden):
+  assert list((REPO / folder).glob('*.py')), folder  # not vacuous
+  assert violations(folder, forbidden) == []
+
+
+def test_root_modules_are_few_and_import_no_subpackage():
+  root = sorted(p.stem for p in (REPO / 'hcmtfg').glob('*.py'))
+  assert root == sorted(ROOT_MODULES) and len(root) <= MAX_ROOT_MODULES
+  everything = tuple(f'hcmtfg.{package}' for package in LAYERS)
+  for name in root:
+    path = REPO / 'hcmtfg' / f'{name}.py'
+    assert forbidden_imports(path.read_text(encoding='utf-8'),
+                             f'hcmtfg.{name}', everything) == [], name
+
+
+def test_every_library_subpackage_has_a_layer_and_a_docstring():
+  packages = {p.parent.name for p in (REPO / 'hcmtfg').glob('*/__init__.py')}
+  assert packages == set(LAYERS)
+  for package in packages:
+    doc = ast.get_docstring(ast.parse(
+        (REPO / 'hcmtfg' / package / '__init__.py').read_text(encoding='utf-8')))
+    assert doc and len(doc.split()) >= 10, f'hcmtfg/{package} needs a docstring'
+
+
+def test_a_wrong_way_import_in_the_library_is_caught(tmp_path):
+  """Planted: features reaching up into inference, runtime into train, and a
+  root module into a subpackage; the allowed directions pass."""
+  rules = dict(SUBPACKAGE_RULES)
+  for package in ('features', 'runtime', 'inference'):
+    (tmp_path / 'hcmtfg' / package).mkdir(parents=True)
+  (tmp_path / 'hcmtfg' / 'features' / 'bad.py').write_text(
+      'from hcmtfg.media import video\n'
+      'def f():\n  from hcmtfg.inference import engine\n  return engine\n')
+  (tmp_path / 'hcmtfg' / 'runtime' / 'bad.py').write_text(
+      'import hcmtfg.train.trainer\nfrom hcmtfg.models import winograd\n')
+  (tmp_path / 'hcmtfg' / 'inference' / 'ok.py').write_text(
+      'from hcmtfg.weights import checkpoint_io\nfrom hcmtfg import errors\n'
+      'from . import engine\n')
+  assert violations('hcmtfg/features', rules['hcmtfg/features'],
+                    root=tmp_path) == [
+                        'hcmtfg/features/bad.py:3 imports hcmtfg.inference.engine']
+  assert violations('hcmtfg/runtime', rules['hcmtfg/runtime'],
+                    root=tmp_path) == [
+                        'hcmtfg/runtime/bad.py:1 imports hcmtfg.train.trainer']
+  assert violations('hcmtfg/inference', rules['hcmtfg/inference'],
+                    root=tmp_path) == []
+  # Upward through a relative import from a deeper module is caught too.
+  assert forbidden_imports('from ..train import trainer\n',
+                           'hcmtfg.inference.engine',
+                           rules['hcmtfg/inference']) == [
+                               (1, 'hcmtfg.train.trainer')]
 
 
 @pytest.mark.parametrize('folder, forbidden', RULES, ids=FOLDERS)

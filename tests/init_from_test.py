@@ -11,13 +11,13 @@ import pytest
 
 from configs import atnet
 from configs import vgnet
-from hcmtfg.train import atnet_steps
-from hcmtfg.weights import checkpoint_io
-from hcmtfg.train import init_from
+from hcmtfg.errors import InputError
 from hcmtfg.runtime import sharding
+from hcmtfg.train import atnet_steps
+from hcmtfg.train import init_from
 from hcmtfg.train import train_state as ts
 from hcmtfg.train import vgnet_steps
-from hcmtfg.errors import InputError
+from hcmtfg.weights import checkpoint_io
 
 
 def perturbed(net, seed: int) -> dict:

@@ -10,8 +10,8 @@ import tensorflow_datasets as tfds
 
 import data_pipelines  # noqa: F401  (registers the builders)
 from data_pipelines import build
-from hcmtfg.features import audio
 from hcmtfg.data import input_pipeline
+from hcmtfg.features import audio
 from hcmtfg.features import landmarks as landmarks_lib
 
 NUM_CLIPS = 10

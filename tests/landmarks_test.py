@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy.spatial import procrustes as scipy_procrustes
 
+from hcmtfg.errors import InputError
 from hcmtfg.features import align
 from hcmtfg.features import face
-from hcmtfg.media import image_io
 from hcmtfg.features import landmarks
-from hcmtfg.errors import InputError
+from hcmtfg.media import image_io
 
 GOLDEN_FACES = ("obama", "test1", "test14", "EzraMiller_00075",
                 "F03_TIMIT_SA1_131")
@@ -56,6 +56,23 @@ def test_procrustes_matches_scipy_and_is_pose_invariant(shape_model):
       landmarks.procrustes_normalise(moved, shape_model.mean_shape_img)[0],
       ours[0], atol=1e-12)
   assert 0.05 < np.abs(ours).max() < 0.3  # the documented value range
+
+
+def test_normalisation_ignores_position_scale_and_rotation():
+  mean = landmarks.default_mean_shape()
+  rng = np.random.default_rng(0)
+  shape = mean + rng.normal(0, 1.0, mean.shape)
+  angle = 0.3
+  rotation = np.array([[np.cos(angle), -np.sin(angle)],
+                       [np.sin(angle), np.cos(angle)]])
+  moved = 2.5 * shape @ rotation.T + np.array([40.0, -7.0])
+  a = landmarks.normalize_landmarks(shape)
+  b = landmarks.normalize_landmarks(moved)
+  np.testing.assert_allclose(a, b, atol=1e-5)
+  # The mean shape itself normalises to its own (standardised) copy.
+  own = landmarks.normalize_landmarks(mean).reshape(68, 2)
+  centred = mean - mean.mean(0)
+  np.testing.assert_allclose(own, centred / np.linalg.norm(centred), atol=1e-6)
 
 
 def test_procrustes_reflection_is_opt_in(shape_model):

@@ -20,13 +20,13 @@ import pytest
 import tensorflow as tf
 
 from data_pipelines import build
-from hcmtfg.features import audio
-from hcmtfg.weights import checkpoint_io
-from hcmtfg.evaluation import evaluate
 from hcmtfg.data import input_pipeline
+from hcmtfg.errors import InputError
+from hcmtfg.evaluation import evaluate
+from hcmtfg.features import audio
 from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.train import workdir as workdir_lib
-from hcmtfg.errors import InputError
+from hcmtfg.weights import checkpoint_io
 from tests import mutations
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def assert_beats_audio_free_predictors(mse: float, baselines: dict[str, float]):
                             f'best audio-free predictor\'s ({named})')
 
 
-ATNET_STEPS = 200  # ~10 s of the tiny network
+ATNET_STEPS = 200  # enough for the tiny network to learn the mapping
 
 
 def atnet_overrides(num_steps: int, *, log_every: int,

@@ -1,4 +1,5 @@
-"""Tests of the learning study (hcmtfg/evaluation/learning_study.py, launch/learning_study.py).
+"""Tests of the learning study (hcmtfg/evaluation/learning_study.py, its report
+hcmtfg/evaluation/study_report.py, launch/learning_study.py).
 
 The end-to-end test runs `python -m launch.learning_study` as a subprocess (one
 CPU device) on the tiny configs and the tiny synthetic dataset the other tests
@@ -24,15 +25,15 @@ import pytest
 
 from configs import vgnet as vgnet_configs
 from data_pipelines import build
-from hcmtfg.weights import checkpoint_io
-from hcmtfg.train import checkpoints as checkpoints_lib
-from hcmtfg.evaluation import learning_study
 from hcmtfg import models
-from hcmtfg.train import train_state as ts
 from hcmtfg.errors import InputError
+from hcmtfg.evaluation import learning_study
+from hcmtfg.evaluation import study_report
+from hcmtfg.train import checkpoints as checkpoints_lib
+from hcmtfg.train import train_state as ts
+from hcmtfg.weights import checkpoint_io
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-NUM_CLIPS = 10  # as the other tests: one shared build of the tiny corpus
 VARIANTS = ("full", "l1", "no_regression", "no_attention")
 # The end-to-end run trains two of them (the table test covers every row).
 E2E_VARIANTS = ("full", "no_attention")
@@ -68,6 +69,8 @@ def test_variants_change_only_their_field():
   with pytest.raises(KeyError, match="no_such"):
     learning_study.apply_overrides(base.copy_and_resolve_references(),
                                    {"loss.no_such": 1})
+  # The variant's config is left unlocked, as the base's copy was.
+  assert not configs["full"][0].is_locked
 
 
 def test_workdir_trained_with_another_config_is_refused(tmp_path):
@@ -81,6 +84,9 @@ def test_workdir_trained_with_another_config_is_refused(tmp_path):
   other, _ = learning_study.variant_config(base, "l1", 4, 2)
   with pytest.raises(InputError, match="loss.pixel: 'dynamic' there, 'l1' now"):
     learning_study.check_workdir_config(str(tmp_path), other)
+  (tmp_path / "config.json").write_text("[]")
+  with pytest.raises(InputError, match="not a JSON object"):
+    learning_study.check_workdir_config(str(tmp_path), config)
 
 
 def _save_steps(workdir: pathlib.Path, module, steps) -> dict[int, dict]:
@@ -132,13 +138,13 @@ def _numbers():
   curves = {}
   for i, name in enumerate(VARIANTS):
     curve = {"steps": [5, 10]}
-    for j, m in enumerate(learning_study.METRICS):
+    for j, m in enumerate(study_report.METRICS):
       curve[m.key] = {"mean": [0.1 * (i + 1) + j, 0.2 * (i + 1) + j],
                       "std": [0.01, 0.02]}
     curves[name] = curve
   curves["no_attention"]["aperture_r"]["mean"][0] = math.nan
   flat = {m.key: {"mean": 1.5 + j, "std": 0.5} for j, m in
-          enumerate(learning_study.METRICS)}
+          enumerate(study_report.METRICS)}
   return {"curves": curves, "baseline": dict(flat, aperture_r={
       "mean": math.nan, "std": math.nan}), "real": flat, "num_clips": 3,
           "image_size": 32}
@@ -166,7 +172,8 @@ def _table_rows(md: str) -> dict[tuple[str, str], list[str]]:
 
 def test_markdown_table_and_plot(tmp_path):
   numbers = _numbers()
-  md = learning_study.format_markdown(_study_record(), numbers)
+  md = study_report.format_markdown(_study_record(), numbers,
+                                  learning_study.VARIANTS)
   rows = _table_rows(md)
   assert set(rows) == {(v, s) for v in VARIANTS for s in ("5", "10")} | {
       ("example frame repeated (baseline)", "–"), ("real frames", "–")}
@@ -181,7 +188,7 @@ def test_markdown_table_and_plot(tmp_path):
   assert "`--config.model.generator.use_attention=False`" in md
 
   png = tmp_path / "plot.png"
-  learning_study.plot(numbers, str(png), "title")
+  study_report.plot(numbers, str(png), "title")
   _check_plot(png, LINE_COLOURS)
 
 
@@ -200,15 +207,6 @@ def _check_plot(png: pathlib.Path, line_colours) -> None:
   grey = np.abs(rgb - 0x59).sum(-1) < 15  # the baseline / real-frame lines
   assert grey.sum() > 200
   assert not list(png.parent.glob(".*"))  # no temporary file left behind
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> pathlib.Path:
-  """The shared tiny dataset's TFDS data_dir, built if no test built it yet."""
-  root = tmp_path_factory.getbasetemp() / "hcmtfg_datasets"
-  build.build_dataset("synthetic_talking_faces", root / "tfds", config="tiny",
-                      num_clips=NUM_CLIPS, download_dir=root / "downloads")
-  return root / "tfds"
 
 
 def _run_study(out: pathlib.Path, data_dir: pathlib.Path) -> str:
@@ -265,7 +263,7 @@ def test_study_end_to_end_and_resume(tmp_path, tiny_data):
       assert not any(k.startswith(("cascade/", "copy_example/", "atnet/"))
                      for k in results["metrics"])
       # Every cell of the row comes from this file's numbers.
-      for cell, m in zip(rows[(variant, str(step))], learning_study.METRICS):
+      for cell, m in zip(rows[(variant, str(step))], study_report.METRICS):
         entry = results["metrics"][f"gt_landmarks/{m.key}"]
         if entry["mean"] is None:
           assert cell == "—", (variant, step, m.key)

@@ -6,8 +6,8 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio
 from skimage.metrics import structural_similarity
 
-from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.evaluation import metrics
+from hcmtfg.features import landmarks as landmarks_lib
 
 
 def _smooth_image(seed: int, size: int = 128) -> np.ndarray:

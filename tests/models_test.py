@@ -492,6 +492,7 @@ def test_lstm_carried_state_equals_one_pass():
 
 def _gan_config(fused: bool, learning_rate: float = 2e-4):
   import ml_collections  # pylint: disable=g-import-not-at-top
+  from hcmtfg.train import vgnet_steps  # pylint: disable=g-import-not-at-top
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.compute_dtype = "float32"
@@ -516,7 +517,8 @@ def _gan_config(fused: bool, learning_rate: float = 2e-4):
       mouth_pixel_weight=10.0, mouth_box_pad=0.0))
   c.optim = ml_collections.ConfigDict(dict(learning_rate=learning_rate,
                                            b1=0.5, b2=0.999))
-  return c
+  # The fields not set here, at their defaults.
+  return vgnet_steps.STAGE.with_defaults(c)
 
 
 BOX = slice(12, 24)  # rows and columns of the landmark-driven box

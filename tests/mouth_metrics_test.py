@@ -1,4 +1,5 @@
-"""Tests of the mouth-aperture and sync-proxy metrics (hcmtfg/evaluation/mouth_metrics.py).
+"""Tests of the mouth-aperture and sync-proxy metrics and of the speech envelope
+(hcmtfg/evaluation/mouth_metrics.py, hcmtfg/evaluation/speech_envelope.py).
 
 Landmark sequences are hand-made faces whose inner-lip gap is set frame by
 frame, so apertures, correlations and lags are known exactly; dlib is replaced
@@ -12,8 +13,9 @@ import warnings
 import numpy as np
 import pytest
 
-from hcmtfg.features import audio
 from hcmtfg.evaluation import mouth_metrics as mm
+from hcmtfg.evaluation import speech_envelope as se
+from hcmtfg.features import audio
 
 IOD = 40.0  # eye centres of the hand-made face, pixels apart
 
@@ -181,18 +183,18 @@ def test_rms_envelope_of_a_stepped_tone(no_warnings):
   rng = np.random.default_rng(5)
   amplitude = rng.uniform(0.05, 1.0, 30)
   wave = tone(amplitude, 1000)  # 40 cycles per frame
-  np.testing.assert_allclose(mm.rms_envelope(wave), amplitude / np.sqrt(2),
+  np.testing.assert_allclose(se.rms_envelope(wave), amplitude / np.sqrt(2),
                              atol=1e-9)
   # Frame count: ceil(N / 640); a partial last frame is the RMS of its samples;
   # extra frames are silent.
-  part = mm.rms_envelope(wave[:-320])
+  part = se.rms_envelope(wave[:-320])
   assert part.shape == (30,)
   assert part[-1] == pytest.approx(amplitude[-1] / np.sqrt(2))
-  longer = mm.rms_envelope(wave, num_frames=33)
+  longer = se.rms_envelope(wave, num_frames=33)
   np.testing.assert_array_equal(longer[30:], 0.0)
   # Another rate: 8 kHz, 320 samples per frame.
   wave8 = tone(amplitude, 500, rate=8000)
-  np.testing.assert_allclose(mm.rms_envelope(wave8, 8000), amplitude / np.sqrt(2),
+  np.testing.assert_allclose(se.rms_envelope(wave8, 8000), amplitude / np.sqrt(2),
                              atol=1e-9)
 
 
@@ -204,9 +206,9 @@ def test_mfcc_envelope_matches_the_waveform_envelope(no_warnings):
   mfcc = audio.mfcc(audio.pad_for_video(steady))
   gain = abs(1 - 0.97 * np.exp(-2j * np.pi * 1000 / 16000))
   np.testing.assert_allclose(
-      mm.mfcc_envelope(mfcc, 25, undo_preemphasis=False)[1:-1],
+      se.mfcc_envelope(mfcc, 25, undo_preemphasis=False)[1:-1],
       gain * 0.5 / np.sqrt(2), rtol=1e-6)
-  np.testing.assert_allclose(mm.mfcc_envelope(mfcc, 25)[1:-1], 0.5 / np.sqrt(2),
+  np.testing.assert_allclose(se.mfcc_envelope(mfcc, 25)[1:-1], 0.5 / np.sqrt(2),
                              rtol=0.1)
   # An independent random amplitude per frame: the MFCC's frames line up
   # with the waveform's (one frame off, r falls to ~0.1).
@@ -214,8 +216,8 @@ def test_mfcc_envelope_matches_the_waveform_envelope(no_warnings):
   wave = tone(rng.uniform(0.05, 1.0, 60), 1000)
   mfcc = audio.mfcc(audio.pad_for_video(wave))
   for undo in (True, False):
-    scores = mm.sync_scores(mm.mfcc_envelope(mfcc, 60, undo_preemphasis=undo),
-                            mm.rms_envelope(wave))
+    scores = mm.sync_scores(se.mfcc_envelope(mfcc, 60, undo_preemphasis=undo),
+                            se.rms_envelope(wave))
     assert scores["sync_r"] > 0.95 and scores["sync_peak_lag"] == 0, undo
   # Loud 150 Hz + quiet 5 kHz, each with its own amplitude: the RMS follows the
   # low tone, pre-emphasis makes the high one dominate; undoing it recovers
@@ -223,24 +225,24 @@ def test_mfcc_envelope_matches_the_waveform_envelope(no_warnings):
   low, high = rng.uniform(0.1, 1.0, (2, 60))
   wave = tone(low, 150) + tone(0.2 * high, 5000)
   mfcc = audio.mfcc(audio.pad_for_video(wave))
-  rms = mm.rms_envelope(wave)
-  preemphasised = mm.rms_envelope(
+  rms = se.rms_envelope(wave)
+  preemphasised = se.rms_envelope(
       np.concatenate([wave[:1], wave[1:] - 0.97 * wave[:-1]]))
   assert mm.pearson(rms, preemphasised) < 0.5
-  assert mm.pearson(mm.mfcc_envelope(mfcc, 60), rms) > 0.9
-  assert mm.pearson(mm.mfcc_envelope(mfcc, 60, undo_preemphasis=False),
+  assert mm.pearson(se.mfcc_envelope(mfcc, 60), rms) > 0.9
+  assert mm.pearson(se.mfcc_envelope(mfcc, 60, undo_preemphasis=False),
                     preemphasised) > 0.95
   # Frames past the MFCC's end are silent.
-  assert mm.mfcc_envelope(mfcc, 80)[70:].max() < 1e-6
-  assert mm.mfcc_envelope(mfcc, 0).shape == (0,)
+  assert se.mfcc_envelope(mfcc, 80)[70:].max() < 1e-6
+  assert se.mfcc_envelope(mfcc, 0).shape == (0,)
 
 
 def test_mfcc_envelope_of_real_speech(shared_data, no_warnings):
   for name in ("F03C.wav", "test.wav"):
     wave = audio.load_audio(shared_data / "speech" / name)
     n = audio.num_video_frames(wave.shape[0])
-    rms = mm.rms_envelope(wave)
-    from_mfcc = mm.mfcc_envelope(audio.mfcc(audio.pad_for_video(wave)), n)
+    rms = se.rms_envelope(wave)
+    from_mfcc = se.mfcc_envelope(audio.mfcc(audio.pad_for_video(wave)), n)
     scores = mm.sync_scores(from_mfcc, rms)
     assert scores["sync_r"] > 0.98 and scores["sync_peak_lag"] == 0, name
     voiced = rms > 0.05 * rms.max()

@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hcmtfg.weights import convert_torch
 from hcmtfg import models
+from hcmtfg.weights import convert_torch
 
 B, T = 2, 16
 REL_TOL = 1e-4

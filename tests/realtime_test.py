@@ -14,8 +14,8 @@ import pytest
 from hcmtfg.features import audio as audio_lib
 from hcmtfg.inference import generate
 from hcmtfg.inference import mfcc_stream
+from hcmtfg.inference import networks
 from hcmtfg.inference import realtime as realtime_lib
-from hcmtfg.inference import networks as networks_lib
 from hcmtfg.media import video as video_lib
 from tests import tiny_networks
 
@@ -26,17 +26,14 @@ SECONDS = 1.3
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, shared_data):
   root = tmp_path_factory.mktemp("live")
-  atnet, vgnet = tiny_networks.write_workdirs(root, shared_data)
-  pipeline = networks_lib.Pipeline.load(
-      networks_lib.NetworkOptions(atnet, vgnet))
-  pipeline.warm_up((8,))
+  warm, atnet, vgnet = tiny_networks.warm_networks(root, shared_data)
   speech_path = tiny_networks.write_speech(root / "speech.wav", shared_data,
                                            SECONDS)
-  return {"pipeline": pipeline, "atnet": atnet, "vgnet": vgnet,
+  return {"warm": warm, "atnet": atnet, "vgnet": vgnet,
           "speech_path": speech_path,
           "speech": audio_lib.load_audio(speech_path),
           "photo_path": shared_data / "faces" / "obama.jpg",
-          "photo": pipeline.prepare_photo(shared_data / "faces" / "obama.jpg")}
+          "photo": warm.prepare_photo(shared_data / "faces" / "obama.jpg")}
 
 
 class _ListSink:
@@ -68,9 +65,9 @@ class _FakeTime:
 
 def test_stream_equals_batch_generation(setup):
   sink = _ListSink()
-  report = realtime_lib.run(setup["pipeline"], setup["photo"], setup["speech"], sink,
+  report = realtime_lib.run(setup["warm"], setup["photo"], setup["speech"], sink,
                     chunk_frames=8, block_ms=30)
-  expected = generate.generate(setup["pipeline"].generator, setup["photo"],
+  expected = generate.generate(setup["warm"].generator, setup["photo"],
                                setup["speech"], chunk_frames=8).frames
   got = np.concatenate(sink.frames)
   assert sink.closed and got.shape == expected.shape
@@ -82,7 +79,7 @@ def test_stream_equals_batch_generation(setup):
 def test_realtime_pacing_and_latency(setup):
   fake = _FakeTime()
   sink = _ListSink()
-  report = realtime_lib.run(setup["pipeline"], setup["photo"], setup["speech"], sink,
+  report = realtime_lib.run(setup["warm"], setup["photo"], setup["speech"], sink,
                     chunk_frames=8, paste_back=True, realtime=True,
                     block_ms=20, clock=fake.clock, sleep=fake.sleep)
   # Blocks were released at the speech's own pace.

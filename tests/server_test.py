@@ -16,7 +16,6 @@ import pytest
 import soundfile
 
 from hcmtfg.features import audio as audio_lib
-from hcmtfg.inference import networks as networks_lib
 from hcmtfg.media import video as video_lib
 from hcmtfg.server import jobs as jobs_lib
 from hcmtfg.server import uploads
@@ -99,13 +98,10 @@ def media(tmp_path_factory, shared_data):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, shared_data):
   root = tmp_path_factory.mktemp("serve")
-  atnet, vgnet = tiny_networks.write_workdirs(root, shared_data)
-  pipeline = networks_lib.Pipeline.load(
-      networks_lib.NetworkOptions(atnet, vgnet))
-  pipeline.warm_up((8,))  # one chunk length: each is a compilation
+  warm, _, _ = tiny_networks.warm_networks(root, shared_data)
   limits = uploads.Limits(max_upload_bytes=MAX_UPLOAD,
                           max_speech_seconds=MAX_SECONDS)
-  srv = web.Server(pipeline, host="127.0.0.1", port=0, limits=limits,
+  srv = web.Server(warm, host="127.0.0.1", port=0, limits=limits,
                    root=str(root / "jobs"), chunk_frames=8,
                    first_chunk_frames=8)
   srv.start()
@@ -260,9 +256,9 @@ def test_server_is_healthy_and_clean_after_bad_requests(server, media):
 
 def test_runner_queue_limit_and_states(tmp_path, server, media):
   """A runner whose worker is not started: jobs stay queued."""
-  runner = jobs_lib.JobRunner(server.pipeline, uploads.Limits(max_queued=2),
+  runner = jobs_lib.JobRunner(server.warm, uploads.Limits(max_queued=2),
                               root=str(tmp_path / "jobs"))
-  photo = server.pipeline.prepare_photo(str(media["photo"]))
+  photo = server.warm.prepare_photo(str(media["photo"]))
   speech = audio_lib.load_audio(media["speech"])
   made = []
   for _ in range(2):

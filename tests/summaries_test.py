@@ -1,4 +1,4 @@
-"""Tests of hcmtfg.train.summaries (event files without tensorboard, rates, ETA)."""
+"""Tests of hcmtfg.train.summaries (event files read back, rates, ETA)."""
 
 import glob
 
@@ -63,27 +63,27 @@ class FakeWriter:
     pass
 
 
-def test_sink_adds_rates_without_eval_time_and_logs_eta(monkeypatch):
+def test_progress_adds_rates_without_eval_time_and_logs_eta(monkeypatch):
   clock = iter([100.0, 110.0, 130.0])
   monkeypatch.setattr(summaries.time, 'monotonic', lambda: next(clock))
   lines = []
   monkeypatch.setattr(summaries.logging, 'info',
                       lambda fmt, *args: lines.append(fmt % args))
   writer = FakeWriter()
-  sink = summaries.MetricsSink(writer, num_steps=100, global_batch_size=8,
-                               learning_rate=1e-3)
-  sink(10, {'train/loss': 1.0})
+  progress = summaries.RunProgress(writer, num_steps=100, global_batch_size=8,
+                                   learning_rate=1e-3)
+  progress(10, {'train/loss': 1.0})
   assert writer.written[0][1] == {'train/loss': 1.0,
                                   'train/learning_rate': 1e-3}
-  sink(20, {'train/loss': 0.5})  # 10 steps in 10 s
+  progress(20, {'train/loss': 0.5})  # 10 steps in 10 s
   rates = writer.written[1][1]
   assert rates['train/steps_per_sec'] == pytest.approx(1.0)
   assert rates['train/examples_per_sec'] == pytest.approx(8.0)
   assert 'ETA 1m20s' in lines[-1] and 'loss=0.5' in lines[-1]
-  sink(20, {'eval/l1': 0.1})  # eval metrics pass through unchanged
+  progress(20, {'eval/l1': 0.1})  # eval metrics pass through unchanged
   assert writer.written[2] == (20, {'eval/l1': 0.1})
-  sink.exclude(15.0)  # 20 s elapsed, 15 s of them evaluating
-  sink(30, {'train/loss': 0.4})
+  progress.exclude(15.0)  # 20 s elapsed, 15 s of them evaluating
+  progress(30, {'train/loss': 0.4})
   assert writer.written[3][1]['train/steps_per_sec'] == pytest.approx(2.0)
 
 

@@ -20,10 +20,10 @@ from data_pipelines.synthetic import corpus
 from data_pipelines.synthetic import faces as faces_lib
 from data_pipelines.synthetic import render
 from data_pipelines.synthetic import speech
+from hcmtfg.errors import InputError
 from hcmtfg.features import audio as audio_lib
 from hcmtfg.features import face as face_lib
 from hcmtfg.media import video
-from hcmtfg.errors import InputError
 
 SEED = 7
 NUM_CLIPS = 24

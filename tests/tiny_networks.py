@@ -8,8 +8,8 @@ import soundfile
 
 from configs import atnet as atnet_config
 from configs import vgnet as vgnet_config
-from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg import models
+from hcmtfg.features import landmarks as landmarks_lib
 from tests import generate_test
 
 
@@ -30,6 +30,18 @@ def write_workdirs(root: pathlib.Path, shared_data: pathlib.Path
       {"seed": 0, "model": {"generator": vgnet.to_config(),
                             "discriminator": {}}})
   return str(root / "atnet"), str(root / "vgnet")
+
+
+def warm_networks(root: pathlib.Path, shared_data: pathlib.Path,
+                  lengths: tuple[int, ...] = (8,)):
+  """Tiny workdirs under `root` loaded as `WarmNetworks`, these chunk lengths
+  compiled (each one is a compilation); (warm, atnet workdir, vgnet workdir)."""
+  from hcmtfg.inference import networks  # pylint: disable=g-import-not-at-top
+  from hcmtfg.inference import warm as warm_lib  # pylint: disable=g-import-not-at-top
+  atnet, vgnet = write_workdirs(root, shared_data)
+  warm = warm_lib.WarmNetworks.load(networks.NetworkOptions(atnet, vgnet))
+  warm.warm_up(lengths)
+  return warm, atnet, vgnet
 
 
 def write_speech(path: pathlib.Path, shared_data: pathlib.Path,

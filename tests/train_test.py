@@ -6,6 +6,7 @@ VG-net's sharded step). Compiled step functions are shared through
 module-scoped fixtures to keep compile time down.
 """
 
+import glob
 import os
 import pathlib
 import signal
@@ -16,15 +17,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from configs import atnet as atnet_configs
+from configs import vgnet as vgnet_configs
 from data_pipelines import build
+from hcmtfg import paths
+from hcmtfg.runtime import sharding
 from hcmtfg.train import atnet_steps
 from hcmtfg.train import checkpoints as checkpoints_lib
 from hcmtfg.train import image_metrics
-from hcmtfg import paths
+from hcmtfg.train import loop
 from hcmtfg.train import preemption as preemption_lib
-from hcmtfg.runtime import sharding
 from hcmtfg.train import summaries
 from hcmtfg.train import train_state as ts
 from hcmtfg.train import trainer as trainer_lib
@@ -53,8 +57,8 @@ def _loop_fields(c: C) -> C:
   c.eval_every_steps = 2
   c.checkpoint_every_steps = 2
   c.keep_checkpoints = 3
-  # XLA without LLVM optimisation compiles these steps ~2.5x faster; the tests
-  # check semantics, not code generation.
+  # XLA without LLVM optimisation compiles these steps faster; the tests check
+  # semantics, not code generation.
   c.fast_compile = True
   return c
 
@@ -70,7 +74,7 @@ def atnet_config(**overrides) -> C:
   c.optim = C(dict(learning_rate=3e-3, b1=0.5, b2=0.999))
   _loop_fields(c)
   c.update(overrides)
-  return c
+  return atnet_steps.STAGE.with_defaults(c)
 
 
 def vgnet_config(**loss_overrides) -> C:
@@ -89,7 +93,7 @@ def vgnet_config(**loss_overrides) -> C:
   c.loss.update(loss_overrides)
   c.optim = C(dict(learning_rate=2e-4, b1=0.5, b2=0.999))
   _loop_fields(c)
-  return c
+  return vgnet_steps.STAGE.with_defaults(c)
 
 
 # A learnable audio -> landmark relation: per frame, 3 latent "articulation"
@@ -422,10 +426,10 @@ def run_loop(setup, mesh, workdir, num_steps, *, position=None, state=None,
     state, position = checkpoints_lib.restore_or_init(ckpt, init_fn)
   batches = Batches(atnet_batch, position, on_next)
   try:
-    state = trainer_lib.run_train_loop(state=state, train_step_fn=step_fn,
-                                    train_iter=batches, mesh=mesh,
-                                    checkpointer=ckpt, num_steps=num_steps,
-                                    log_every=2, preemption=preemption)
+    state = loop.run_train_loop(state=state, train_step_fn=step_fn,
+                                train_iter=batches, mesh=mesh,
+                                checkpointer=ckpt, num_steps=num_steps,
+                                log_every=2, preemption=preemption)
   finally:
     ckpt.close()
   return state, batches
@@ -514,34 +518,54 @@ def test_nan_loss_raises_naming_the_step(atnet_setup, mesh2, tmp_path):
                                7)
 
 
-@pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory) -> pathlib.Path:
-  """The tiny dataset the other tests share, built if none of them built it."""
-  root = tmp_path_factory.getbasetemp() / 'hcmtfg_datasets'
-  build.build_dataset('synthetic_talking_faces', root / 'tfds', config='tiny',
-                      num_clips=10, download_dir=root / 'downloads')
-  return root / 'tfds'
-
-
 def test_train_runs_the_real_loop_on_the_tiny_config(tmp_path, tiny_data,
                                                     monkeypatch):
   """The trainer (`trainer_lib.train`) on configs/atnet.py:tiny for its 2 steps:
-  a train write at steps 1 and 2, an evaluation at step 2, checkpoints."""
+  a train write at steps 1 and 2, an evaluation at step 2 with the stage's
+  image grid, checkpoints."""
   config = atnet_configs.get_config('tiny')
   config.data.data_dir = str(tiny_data)
   written = []
-  write = summaries.MetricsSink.__call__
+  write = summaries.RunProgress.__call__
 
-  def record(sink, step, metrics):
+  def record(progress, step, metrics):
     written.append((step, dict(metrics)))
-    write(sink, step, metrics)
+    write(progress, step, metrics)
 
-  monkeypatch.setattr(summaries.MetricsSink, '__call__', record)
+  monkeypatch.setattr(summaries.RunProgress, '__call__', record)
   state = trainer_lib.train(config, tmp_path, build.prepare_dataset(config.data))
   assert int(state.step) == 2
   assert [step for step, _ in written] == [1, 2, 2]
   assert 'train/loss' in written[1][1] and 'eval/baseline_mse' in written[2][1]
   assert os.listdir(tmp_path / 'checkpoints')
+  images = [(event.step, value.tag)
+            for path in glob.glob(f'{tmp_path}/tensorboard/events.out.*')
+            for event in tf.compat.v1.train.summary_iterator(path)
+            for value in event.summary.value
+            if value.metadata.plugin_data.plugin_name == 'images']
+  assert images == [(2, 'images/landmarks')]
+
+
+def test_the_trainer_knows_stages_only_by_their_contract():
+  """The trainer's stages are the step modules' `STAGE`s; a config lacking
+  fields gets them from its stage's defaults (configs/), unchanged itself."""
+  assert trainer_lib.STAGES == {'atnet': atnet_steps.STAGE,
+                                'vgnet': vgnet_steps.STAGE}
+  partial = C(dict(stage='vgnet', loss=C(dict(pixel='l1', warmup_steps=5)),
+                   model=C(dict(generator=C(dict(image_size=64))))))
+  filled = trainer_lib.stage_of(partial).with_defaults(partial)
+  defaults = vgnet_configs.defaults()
+  assert (filled.loss.pixel, filled.loss.warmup_steps) == ('l1', 5)
+  assert filled.model.generator.image_size == 64
+  for name in ('colour_weight', 'colour_region', 'fused_gan_step'):
+    assert filled.loss[name] == defaults.loss[name], name
+  assert filled.optim == defaults.optim and filled.seed == defaults.seed
+  assert set(partial.loss) == {'pixel', 'warmup_steps'}
+  tiny = atnet_configs.get_config('tiny')
+  assert atnet_steps.STAGE.with_defaults(tiny) == tiny
+  with pytest.raises(ValueError, match=r"config.stage must be one of "
+                     r"\['atnet', 'vgnet'\], got 'gan'"):
+    trainer_lib.stage_of(C(dict(stage='gan')))
 
 
 # ------------------------------------------------------------------- VG-net
@@ -551,8 +575,8 @@ def test_train_runs_the_real_loop_on_the_tiny_config(tmp_path, tiny_data,
 def vgnet_run(mesh1):
   """Two GAN steps on one device; keeps host copies of every state.
 
-  One device because XLA compiles the GAN step about twice as fast for one
-  device as for eight (the 8-device step is compiled only by the slow test).
+  One device because XLA compiles the GAN step for one device faster than for
+  eight (the 8-device step is compiled only by the slow test).
   """
   config = vgnet_config()
   init_fn = vgnet_steps.make_init_fn(config, jax.random.PRNGKey(0), mesh1)

@@ -21,16 +21,16 @@ import numpy as np
 import pytest
 
 from data_pipelines import build
-from hcmtfg.weights import checkpoint_io
 from hcmtfg.evaluation import evaluate
-from hcmtfg.features import face
-from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.evaluation import metrics as metrics_lib
 from hcmtfg.evaluation import mouth_metrics
+from hcmtfg.features import face
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.weights import checkpoint_io
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_CLIPS = 10  # the tiny corpus the other tests share (one build per worker)
-STEPS = 600  # warm-up steps then GAN steps; ~1.5 minutes on 2 CPU cores
+STEPS = 600  # warm-up steps then GAN steps
 GAN_STEPS = 10
 SCALE = landmarks_lib.RELEASE_PCA_SCALE  # VG-net's landmark convention
 CUBIC = 2  # cv2.INTER_CUBIC

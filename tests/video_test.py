@@ -8,7 +8,9 @@ import pytest
 import soundfile
 
 from hcmtfg.media import video
+
 from hcmtfg.errors import InputError
+from hcmtfg.media import video_writer
 
 SR = 16000
 
@@ -37,7 +39,7 @@ def talking(tmp_path_factory):
   frames = _pattern(29)
   tone = _tone(29 * 640)
   path = tmp_path_factory.mktemp("video") / "talk.mp4"
-  assert video.write_video(path, frames, fps=25, audio=tone) == str(path)
+  assert video_writer.write_video(path, frames, fps=25, audio=tone) == str(path)
   return path, frames, tone
 
 
@@ -79,7 +81,7 @@ def test_frame_rate_resampling(tmp_path):
   # 45 frames at 30 fps (1.5 s) whose grey level encodes the frame index.
   grey = np.stack([np.full((32, 48, 3), 10 + 5 * k, np.uint8) for k in range(45)])
   path = tmp_path / "thirty.mp4"
-  video.write_video(path, grey, fps=30)
+  video_writer.write_video(path, grey, fps=30)
   clip = video.read_video(path, fps=25)
   assert clip.fps == 25.0 and clip.frames.shape == (38, 32, 48, 3)  # ceil(1.5 * 25)
   source_index = np.round((clip.frames[:, 16, 24, 0].astype(np.float64) - 10) / 5)
@@ -91,7 +93,7 @@ def test_frame_rate_resampling(tmp_path):
 def test_streaming_writer_in_chunks(tmp_path):
   frames = _pattern(20, 48, 32)
   path = tmp_path / "stream.mp4"
-  with video.VideoWriter(path, fps=25) as writer:
+  with video_writer.VideoWriter(path, fps=25) as writer:
     writer.write(frames[0])  # a single (H, W, 3) frame
     writer.write(frames[1:7])
     writer.write(frames[7:7])  # empty chunk
@@ -102,14 +104,14 @@ def test_streaming_writer_in_chunks(tmp_path):
   assert clip.frames.shape == (20, 48, 32, 3) and clip.audio is None
   assert np.abs(clip.frames.astype(np.float32) - frames).mean() < 8.0
   # write_video also takes an iterable (a generator of frames).
-  video.write_video(tmp_path / "gen.mp4", (f for f in frames), fps=25)
+  video_writer.write_video(tmp_path / "gen.mp4", (f for f in frames), fps=25)
   assert video.read_video(tmp_path / "gen.mp4").num_frames == 20
   assert not _leftovers(tmp_path)
 
 
 def test_odd_size_is_padded_to_even(tmp_path):
   frames = _pattern(3, 33, 47)
-  video.write_video(tmp_path / "odd.mp4", frames)
+  video_writer.write_video(tmp_path / "odd.mp4", frames)
   clip = video.read_video(tmp_path / "odd.mp4")
   assert clip.frames.shape == (3, 34, 48, 3)
   assert np.abs(clip.frames[:, :33, :47].astype(np.float32) - frames).mean() < 8.0
@@ -119,14 +121,14 @@ def test_failed_ffmpeg_leaves_nothing(tmp_path):
   path = tmp_path / "out.mp4"
   path.write_bytes(b"previous content")
   with pytest.raises(RuntimeError, match="ffmpeg"):
-    video.write_video(path, _pattern(5), preset="no-such-preset")
+    video_writer.write_video(path, _pattern(5), preset="no-such-preset")
   assert path.read_bytes() == b"previous content"  # the old file is untouched
   assert not _leftovers(tmp_path)
 
 
 def test_killed_ffmpeg_leaves_nothing(tmp_path):
   path = tmp_path / "killed.mp4"
-  writer = video.VideoWriter(path, fps=25, audio=_tone(SR))
+  writer = video_writer.VideoWriter(path, fps=25, audio=_tone(SR))
   writer.write(_pattern(5))
   os.kill(writer._proc.pid, signal.SIGKILL)  # pylint: disable=protected-access
   writer._proc.wait()  # pylint: disable=protected-access
@@ -139,7 +141,7 @@ def test_killed_ffmpeg_leaves_nothing(tmp_path):
 def test_exception_in_block_leaves_nothing(tmp_path):
   path = tmp_path / "aborted.mp4"
   with pytest.raises(KeyError):
-    with video.VideoWriter(path) as writer:
+    with video_writer.VideoWriter(path) as writer:
       writer.write(_pattern(4))
       raise KeyError("generator crashed")
   assert not path.exists() and not _leftovers(tmp_path)
@@ -148,11 +150,11 @@ def test_exception_in_block_leaves_nothing(tmp_path):
 def test_bad_frames_are_rejected(tmp_path):
   path = tmp_path / "bad.mp4"
   with pytest.raises(ValueError, match="uint8"):
-    video.write_video(path, _pattern(3).astype(np.float32))
+    video_writer.write_video(path, _pattern(3).astype(np.float32))
   with pytest.raises(ValueError, match="differs"):
-    video.write_video(path, [_pattern(2, 32, 32), _pattern(2, 16, 16)])
+    video_writer.write_video(path, [_pattern(2, 32, 32), _pattern(2, 16, 16)])
   with pytest.raises(ValueError, match="no frames"):
-    video.write_video(path, np.zeros((0, 8, 8, 3), np.uint8))
+    video_writer.write_video(path, np.zeros((0, 8, 8, 3), np.uint8))
   assert not path.exists() and not _leftovers(tmp_path)
 
 
@@ -177,7 +179,7 @@ def test_bad_inputs(tmp_path, talking):
     video.read_video(tmp_path / "corrupt.mp4")
   soundfile.write(str(tmp_path / "speech.wav"), _tone(SR), SR)
   _expect_input_error(tmp_path / "speech.wav", "no video stream")
-  video.write_video(tmp_path / "mute.mp4", _pattern(3))
+  video_writer.write_video(tmp_path / "mute.mp4", _pattern(3))
   _expect_input_error(tmp_path / "mute.mp4", "no audio track", with_audio="required")
   assert video.read_video(tmp_path / "mute.mp4").audio is None
   with pytest.raises(ValueError):

@@ -30,8 +30,8 @@ from data_pipelines.synthetic import articulation as art_lib
 from data_pipelines.synthetic import faces as faces_lib
 from data_pipelines.synthetic import render
 from data_pipelines.synthetic import speech
-from hcmtfg.media import video
 from hcmtfg.errors import InputError
+from hcmtfg.media import video_writer
 
 DEFAULT_SPLITS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 SPLIT_NAMES = ("train", "val", "test")
@@ -176,7 +176,7 @@ def write_clip(clip: Clip, output_dir: str | os.PathLike) -> tuple[str, str]:
   """Writes the clip's mp4, then its npz, each atomically; returns both paths."""
   mp4, npz = clip_paths(output_dir, clip.info)
   os.makedirs(os.path.dirname(mp4), exist_ok=True)
-  video.write_video(mp4, clip.frames, fps=art_lib.FPS, audio=clip.audio,
+  video_writer.write_video(mp4, clip.frames, fps=art_lib.FPS, audio=clip.audio,
                     audio_sample_rate=speech.SAMPLE_RATE, **_X264)
   directory, name = os.path.split(npz)
   tmp = os.path.join(directory, f".{name[:-4]}.{uuid.uuid4().hex[:8]}.partial.npz")

@@ -16,9 +16,9 @@ import pathlib
 import cv2
 import numpy as np
 
+from hcmtfg.errors import InputError
 from hcmtfg.features import face as face_lib
 from hcmtfg.media import image_io
-from hcmtfg.errors import InputError
 
 ASTRONAUT = "astronaut"  # name of the built-in identity.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")

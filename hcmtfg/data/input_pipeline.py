@@ -39,10 +39,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.data import shards
 from hcmtfg.data import windows
 from hcmtfg.errors import InputError
+from hcmtfg.features import landmarks as landmarks_lib
 
 PCA_FILENAME = "landmark_pca.npz"
 _STATE_VERSION = 2
@@ -118,7 +118,7 @@ class _Stream:
     self.skip_corrupt_shards = bool(skip_corrupt_shards)
     self.dropped: dict[str, int] = {}  # skipped shard -> records lost
     self.read_split = self.split
-    self.base = self._filtered(windows.read_clips(builder, self.split, view))
+    self.base = self._filtered(windows.clip_dataset(builder, self.split, view))
 
   def _filtered(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.filter(lambda ex: tf.shape(ex["normalized_landmarks"])[0]
@@ -158,9 +158,9 @@ class _Stream:
     logging.warning("input: %d records lost in %d skipped shard(s) of %s",
                     self.records_lost, len(self.dropped), self.full_split)
     self.read_split = shards.split_without(self.builder, self.split,
-                                     set(self.dropped))
-    self.base = self._filtered(windows.read_clips(self.builder,
-                                                  self.read_split, self.view))
+                                           set(self.dropped))
+    self.base = self._filtered(windows.clip_dataset(self.builder,
+                                                    self.read_split, self.view))
 
   def sample(self, epoch: tf.Tensor, ds: tf.data.Dataset,
              skip: tf.Tensor | int = 0) -> tf.data.Dataset:

@@ -9,7 +9,7 @@ hosts and epochs is `hcmtfg.data.input_pipeline`'s):
     'example_coef' (6,) float32  PCA coefficients of frame r's landmarks
     'mfcc'         (T, 28, 12) float32  MFCC windows of frames r+1 .. r+T
                                  (window of frame t: mfcc[4t:4t+28, 1:], rows past
-                                 the end are zeros, as `hcmtfg.features.audio.mfcc_windows`)
+                                 the end are zeros, as `audio.mfcc_windows`)
     'target_coef'  (T, 6) float32  PCA coefficients of frames r+1 .. r+T
 * VG-net ('vgnet'): example frame uniformly anywhere in the clip, T consecutive
   target frames starting uniformly in [0, num_frames - T]. Keys:
@@ -43,7 +43,7 @@ class WindowSampler:
   """One example's window of a view, sampled from a seed and decoded.
 
   TF graph functions: `hcmtfg.data.input_pipeline` maps `__call__(seed_2, example)`
-  over a dataset of clips (from `read_clips`), with a stateless seed (2,) int64.
+  over a dataset of clips (from `clip_dataset`), with a stateless seed (2,) int64.
   """
 
   def __init__(self, view: str, num_target_frames: int,
@@ -133,7 +133,7 @@ class WindowSampler:
     return self._vgnet(example, seed_2)
 
 
-def read_clips(builder, split: str, view: str) -> tf.data.Dataset:
+def clip_dataset(builder, split: str, view: str) -> tf.data.Dataset:
   """The features a view needs, in file order; frames stay encoded."""
   if view == "atnet":
     decoders = tfds.decode.PartialDecoding(

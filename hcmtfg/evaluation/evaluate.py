@@ -12,77 +12,69 @@ For every clip of the split (T frames, the stored landmarks and MFCC):
 * gt_landmarks: VG-net renders the ground-truth normalised landmarks of frames
   1 .. T-1 with the raw example landmark (VG-net's training inputs), which
   isolates VG-net from AT-net's errors;
-* copy_example: no network, the example image repeated (at S): the baseline a
-  generator has to beat (a still face scores well on SSIM and PSNR).
+* copy_example: the example image repeated (at S), the baseline to beat.
 
 `evaluate(paths=...)` runs a subset: without 'cascade' AT-net is not needed
-(a VG-net-only `generate.Generator`, atnet None) and the atnet/* metrics are
-left out; e.g. the learning study scores ('gt_landmarks',) at each checkpoint
-and ('copy_example',) once.
+(a VG-net-only `networks.Generator`) and the atnet/* metrics are left out;
+e.g. the learning study scores ('gt_landmarks',) at each checkpoint and
+('copy_example',) once.
 
-Metrics (`hcmtfg.evaluation.metrics`), per clip as frame means, then mean and standard
-deviation over clips:
+Metrics (`hcmtfg.evaluation.metrics`), per clip as frame means, then mean and
+standard deviation over clips:
 
 * release/ssim, release/psnr: the release's conventions (RGB SSIM after a
   256x256 INTER_AREA resize; grayscale uint8 PSNR with its wraparound), plus
   release/psnr_true_mse; computed on the 128x128 frames (generated frames of a
   smaller S are resized to 128 bicubically first);
-* plain/ssim, plain/psnr: full-resolution RGB at VG-net's S (the real frames
-  area-resized to S when S < 128);
+* plain/ssim, plain/psnr: RGB at VG-net's S (real frames area-resized to S);
 * lmd: the release's landmark distance (dlib mouth points on the 128x128 real
   and generated frames, each centred, summed over the 20 points, mean over
   frames). When dlib's detector misses the face in a frame, the predictor runs
   in the real frame's box instead (aligned crops: the face is in the same
   place); lmd_detected is the fraction of generated frames the detector found;
-* cpbd: sharpness of the generated frames at 128x128 (real/cpbd: of the real
-  frames, for reference);
-* atnet/pca_mse, atnet/pixels_mean, atnet/pixels_mouth: AT-net's error (its raw
-  prediction, before any release coefficient scaling) in PCA
-  coefficients and in 128x128 crop pixels (all 68 points / mouth);
-* mouth motion (`hcmtfg.evaluation.mouth_metrics`, from the same dlib points as LMD):
+* cpbd: sharpness of the generated frames at 128x128 (real/cpbd: the real's);
+* atnet/pca_mse, atnet/pixels_mean, atnet/pixels_mouth: AT-net's error (raw
+  prediction, before any release scaling) in PCA coefficients and in 128x128
+  crop pixels (all 68 points / mouth);
+* mouth motion (`mouth_metrics`, from the same dlib points as LMD):
   aperture_std, the standard deviation over a clip's frames of the inner-lip
   aperture on the generated frames (inter-ocular units); aperture_r, its
   Pearson r with the aperture of the landmarks that drove them (AT-net's for
   the cascade, the true ones otherwise; NaN for the still copy_example), and
   driving_aperture_std; real/...: the same for dlib on the real frames vs the
-  true landmarks (the ceiling); atnet/aperture_r: AT-net's aperture vs the
-  true one;
+  true landmarks (the ceiling); atnet/aperture_r: AT-net's vs the true one;
 * sync proxy (a weights-free stand-in for LSE, not LSE): sync_r, r of the
   aperture with the speech's RMS envelope at 25 fps at lag 0, and
   sync_peak_r / sync_peak_lag, the largest r within +-5 frames and its lag
-  (> 0: the mouth after the sound); the envelope comes from the clip's stored
-  MFCC (`mouth_metrics.mfcc_envelope`: c0 with the pre-emphasis undone, about
-  the waveform's RMS).
+  (> 0: the mouth after the sound); the envelope: the stored MFCC's c0
+  (`speech_envelope.mfcc_envelope`, about the waveform's RMS).
 
-The networks run batched and jitted: `batch_size` clips at a time, in chunks of
-`chunk_frames` frames with the recurrent states carried over (`streaming`),
-compiled once; a batch is dispatched before the previous one's metrics are
-computed on the host. Converted release VG-nets (`convgru_over_batch_axis`)
-recur over the batch axis, so they are evaluated one clip at a time.
+The networks run through the inference engine (`engine.FrameStream`),
+`batch_size` clips at a time in chunks of `chunk_frames` frames, compiled
+once; a batch is dispatched before the previous one is scored on the host.
+Converted release VG-nets (`convgru_over_batch_axis`) recur over the batch
+axis, so they are evaluated one clip at a time.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import functools
 import math
 import queue
 from typing import Any, Iterable, Iterator, Sequence
 
 from absl import logging
 import cv2
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from hcmtfg.features import audio as audio_lib
-from hcmtfg.inference import generate
-from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.errors import InputError
 from hcmtfg.evaluation import metrics as metrics_lib
 from hcmtfg.evaluation import mouth_metrics
-from hcmtfg.inference import chunked
-from hcmtfg.errors import InputError
+from hcmtfg.evaluation import speech_envelope
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.inference import engine
 
 NETWORK_PATHS = ("cascade", "gt_landmarks")
 PATHS = NETWORK_PATHS + ("copy_example",)
@@ -131,79 +123,53 @@ def read_clips(builder, split: str, max_clips: int | None = None
                ex["mfcc"])
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _vgnet_chunk(module, variables, carry, image_BxSxSx3, target_BxCx136,
-                 example_Bx136):
-  out, carry = chunked.vgnet_chunk(module, variables, carry, image_BxSxSx3,
-                                     target_BxCx136, example_Bx136)
-  return generate.to_uint8(out.frames), carry
-
-
 @dataclasses.dataclass
 class _Pending:
-  """A dispatched batch: its clips and device arrays of its outputs."""
+  """A dispatched batch: its clips and, per network path, its chunks in
+  flight (`engine.Dispatched`) with the stream that made them."""
   clips: list[Clip]
   paths: tuple[str, ...]  # the evaluated paths (of PATHS)
-  raw_coefs: Any  # (B, L, k) AT-net's prediction; None without 'cascade'
-  frames: dict[str, Any]  # path -> (B, L, S, S, 3) uint8
-  driving: dict[str, Any]  # path -> (B, L, 136) landmarks given to VG-net (x scale)
+  streams: dict[str, engine.FrameStream]
+  chunks: dict[str, list[engine.Dispatched]]
 
 
 def _pad_time(x: np.ndarray, length: int) -> np.ndarray:
-  """Pads axis 0 to `length` by repeating the last row."""
+  """Pads axis 0 to `length` by repeating the last row (a batch's clips to
+  its longest; the engine pads the last chunk)."""
   return np.concatenate([x, np.repeat(x[-1:], length - x.shape[0], 0)])
 
 
-def dispatch_batch(generator, clips: Sequence[Clip], batch_size: int,
-                   chunk_frames: int, coef_gain: np.ndarray,
-                   paths: Sequence[str] = PATHS) -> _Pending:
-  """Runs the network `paths` on a batch of clips (padded to `batch_size`
-  clips and to whole chunks); returns without waiting for the device."""
-  pca, scale = generator.pca, generator.pca.scale
-  s = generator.image_size
+def _example_image(clip: Clip, size: int) -> np.ndarray:
+  """Frame 0 at VG-net's size, float32 in [-1, 1]."""
+  frame0 = clip.frames[0] if size == clip.frames.shape[1] else cv2.resize(
+      clip.frames[0], (size, size), interpolation=cv2.INTER_AREA)
+  return frame0.astype(np.float32) / 127.5 - 1.0
+
+
+def dispatch(generator, clips: Sequence[Clip], batch_size: int,
+             chunk_frames: int, paths: Sequence[str] = PATHS,
+             release_coef_scaling: bool | None = None) -> _Pending:
+  """Runs the network `paths` on a batch of clips through the engine (rows
+  padded to `batch_size` clips, clips to the longest); returns without
+  waiting for the device."""
   n_max = max(c.frames.shape[0] - 1 for c in clips)
-  length = chunk_frames * math.ceil(n_max / chunk_frames)
   rows = list(clips) + [clips[-1]] * (batch_size - len(clips))
-  windows, image, ex_coef, ex_raw, gt = [], [], [], [], []
-  for c in rows:
-    t = c.frames.shape[0]
-    windows.append(_pad_time(audio_lib.mfcc_windows(c.mfcc, t)[1:], length))
-    frame0 = c.frames[0] if s == c.frames.shape[1] else cv2.resize(
-        c.frames[0], (s, s), interpolation=cv2.INTER_AREA)
-    image.append(frame0.astype(np.float32) / 127.5 - 1.0)
-    ex_coef.append(landmarks_lib.project(pca, c.normalized[0]))
-    ex_raw.append(c.normalized[0] * scale)
-    gt.append(_pad_time(c.normalized[1:] * scale, length))
-  f32 = lambda x: jnp.asarray(np.stack(x), jnp.float32)
-  windows, image, ex_coef = f32(windows), f32(image), f32(ex_coef)
-  ex_raw, gt = f32(ex_raw), f32(gt)
-  comps = jnp.asarray(pca.components, jnp.float32)
-  mean = jnp.asarray(pca.mean, jnp.float32)
-  ex_pca = ex_coef @ comps.T + mean  # the example through the PCA (generate)
-  targets, raw = {"gt_landmarks": gt}, None
-  if "cascade" in paths:
-    carry = chunked.atnet_initial_carry(generator.atnet, batch_size)
-    coefs = []
-    for k in range(0, length, chunk_frames):
-      out, carry = generate.atnet_step(generator.atnet, generator.atnet_variables, carry,
-                                ex_coef, windows[:, k:k + chunk_frames])
-      coefs.append(out)
-    raw = jnp.concatenate(coefs, axis=1)
-    targets["cascade"] = (raw * jnp.asarray(coef_gain)) @ comps.T + mean
-  examples = {"cascade": ex_pca, "gt_landmarks": ex_raw}
-  frames = {}
-  network_paths = [p for p in NETWORK_PATHS if p in paths]
-  for path in network_paths:
-    carry = chunked.vgnet_initial_carry(generator.vgnet, batch_size)
-    chunks = []
-    for k in range(0, length, chunk_frames):
-      out, carry = _vgnet_chunk(generator.vgnet, generator.vgnet_variables,
-                                carry, image, targets[path][:, k:k + chunk_frames],
-                                examples[path])
-      chunks.append(out)
-    frames[path] = jnp.concatenate(chunks, axis=1)
-  return _Pending(list(clips), tuple(paths), raw, frames,
-                  {p: targets[p] for p in network_paths})
+  images = np.stack([_example_image(c, generator.image_size) for c in rows])
+  examples = np.stack([c.normalized[0] for c in rows])
+  inputs = {
+      "cascade": lambda: np.stack([_pad_time(audio_lib.mfcc_windows(
+          c.mfcc, c.frames.shape[0])[1:], n_max) for c in rows]),
+      "gt_landmarks": lambda: np.stack([_pad_time(
+          c.normalized[1:] * generator.pca.scale, n_max) for c in rows]),
+  }
+  streams, chunks = {}, {}
+  for path in (p for p in NETWORK_PATHS if p in paths):
+    streams[path] = engine.FrameStream(
+        generator, images, examples, chunk_frames=chunk_frames,
+        drive="speech" if path == "cascade" else "landmarks",
+        release_coef_scaling=release_coef_scaling)
+    chunks[path] = streams[path].dispatch(inputs[path]())
+  return _Pending(list(clips), tuple(paths), streams, chunks)
 
 
 def resize_frames(frames: np.ndarray, size: int,
@@ -242,7 +208,7 @@ def real_reference(clip: Clip, analyzer) -> dict[str, Any]:
           "cpbd": float(np.mean(metrics_lib.cpbd(real))),
           "aperture": mouth_metrics.inner_lip_aperture(points),
           "true_aperture": mouth_metrics.inner_lip_aperture(clip.normalized[1:]),
-          "envelope": mouth_metrics.mfcc_envelope(clip.mfcc, n)[1:]}
+          "envelope": speech_envelope.mfcc_envelope(clip.mfcc, n)[1:]}
 
 
 def frame_scores(reference: dict[str, Any], fake: np.ndarray, analyzer,
@@ -286,7 +252,8 @@ def score_clip(clip: Clip, raw_coefs: np.ndarray | None,
                paths: Sequence[str] = PATHS) -> dict[str, Any]:
   """Every metric of one clip on `paths`: raw_coefs (>= n, k) (None without
   'cascade'), frames[path] (>= n, S, S, 3) and driving[path] (>= n, 136)
-  (the landmarks VG-net was given) of its n = T - 1 scored frames."""
+  (the normalised landmarks VG-net was given) of its n = T - 1 scored
+  frames."""
   n = clip.frames.shape[0] - 1
   reference = real_reference(clip, analyzer)
   truth = reference["true_aperture"]
@@ -323,9 +290,12 @@ def score_batch(pending: _Pending, generator, analyzers: Sequence[Any],
   """Per-clip metric dicts of a dispatched batch (waits for the device); clips
   are scored in parallel on `executor`, each task with an analyzer of its own
   (dlib objects are not shared between threads)."""
-  raw = None if pending.raw_coefs is None else np.asarray(pending.raw_coefs)
-  frames = {p: np.asarray(v) for p, v in pending.frames.items()}
-  driving = {p: np.asarray(v) for p, v in pending.driving.items()}
+  raw = (engine.concatenated(pending.chunks["cascade"], "raw_coefs")
+         if "cascade" in pending.chunks else None)
+  frames = {p: engine.concatenated(c, "frames")
+            for p, c in pending.chunks.items()}
+  driving = {p: pending.streams[p].landmarks_of(
+      engine.concatenated(c, "driving")) for p, c in pending.chunks.items()}
   idle = queue.Queue()
   for analyzer in analyzers:
     idle.put(analyzer)
@@ -366,11 +336,10 @@ def evaluate(generator, clips: Iterable[Clip], *, analyzers: Sequence[Any],
   """Evaluates `paths` on `clips`; returns {'metrics', 'per_clip', ...}.
 
   Args:
-    generator: `generate.load_generator_networks(...)`, or a VG-net-only
-      `generate.Generator` (atnet None) when `paths` has no 'cascade'.
+    generator: `networks.load_generator_networks(...)`, or a VG-net-only
+      `networks.Generator` (atnet None) when `paths` has no 'cascade'.
     clips: e.g. `read_clips(builder, 'test')`; clips need >= 2 frames.
-    analyzers: `hcmtfg.features.face.FaceAnalyzer`s (LMD), one per scoring thread:
-      the clips of a batch are scored on len(analyzers) threads (numpy,
+    analyzers: `face.FaceAnalyzer`s (LMD), one per scoring thread (numpy,
       SciPy and OpenCV release the GIL).
     batch_size: clips per network call.
     chunk_frames: frames per network call (the chunk is the shorter of this
@@ -392,24 +361,22 @@ def evaluate(generator, clips: Iterable[Clip], *, analyzers: Sequence[Any],
     batch_size = 1
   scaling = (generator.release_coef_scaling if release_coef_scaling is None
              else release_coef_scaling)
-  k = generator.pca.num_components
-  gain = np.ones(k, np.float32)
-  if scaling and "cascade" in paths:
-    gain[1:6] = generate.RELEASE_COEF_GAIN[:max(min(k, 6) - 1, 0)]
   per_clip, pending, batch, chunk = [], None, [], None
   executor = (concurrent.futures.ThreadPoolExecutor(len(analyzers))
               if len(analyzers) > 1 else None)
-  score = lambda p: score_batch(p, generator, analyzers, executor)
+
+  def score(done: _Pending | None) -> None:
+    if done is not None:
+      per_clip.extend(score_batch(done, generator, analyzers, executor))
+      if progress is not None:
+        progress.update(len(done.clips))
 
   def flush():
     nonlocal pending, batch, chunk
     if chunk is None:
       chunk = max(1, min(chunk_frames, max(c.frames.shape[0] - 1 for c in batch)))
-    current = dispatch_batch(generator, batch, batch_size, chunk, gain, paths)
-    if pending is not None:
-      per_clip.extend(score(pending))
-      if progress is not None:
-        progress.update(len(pending.clips))
+    current = dispatch(generator, batch, batch_size, chunk, paths, scaling)
+    score(pending)  # on the host, while the device runs `current`
     pending, batch = current, []
 
   try:
@@ -422,10 +389,7 @@ def evaluate(generator, clips: Iterable[Clip], *, analyzers: Sequence[Any],
         flush()
     if batch:
       flush()
-    if pending is not None:
-      per_clip.extend(score(pending))
-      if progress is not None:
-        progress.update(len(pending.clips))
+    score(pending)
   finally:
     if executor is not None:
       executor.shutdown()

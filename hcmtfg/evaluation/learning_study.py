@@ -14,10 +14,11 @@ Variants (`VARIANTS`), each a few config overrides on one base VG-net config:
 dataset its caller's `prepare_dataset` gives, in its own workdir
 `<output_dir>/<variant>`, saving a checkpoint every `eval_every` steps
 (all of them kept; the trainer's own validation evals are off), then scores
-each of those checkpoints with `hcmtfg.evaluation.evaluate`: VG-net alone on the true
-landmarks of a split (the 'gt_landmarks' path, what the ablation is about; no
-AT-net is involved), and once the example frame repeated ('copy_example'), the
-baseline. It writes:
+each of those checkpoints with `hcmtfg.evaluation.evaluate`: VG-net alone on
+the true landmarks of a split (the 'gt_landmarks' path, what the ablation is
+about; no AT-net is involved), and once the example frame repeated
+('copy_example'), the baseline. It writes (`hcmtfg.evaluation.study_report`
+reads the evaluations back and makes the table and the plot):
 
   <output_dir>/<variant>/eval/step_<N>.json  one checkpoint's evaluation
                                              (launch.evaluate's metrics.json
@@ -25,9 +26,10 @@ baseline. It writes:
   <output_dir>/baseline.json                 the baseline's evaluation
   <output_dir>/learning_study.json           settings, each run's command and
                                              wall time, the plotted numbers
-  <output_dir>/learning_study.md             the table (`format_markdown`)
+  <output_dir>/learning_study.md             the table
+                                             (`study_report.format_markdown`)
   <output_dir>/learning_study.png            a panel per metric vs steps
-                                             (`plot`)
+                                             (`study_report.plot`)
 
 The report is rewritten after every evaluation. Running the study again
 continues it: training resumes from each workdir's newest checkpoint (a
@@ -42,18 +44,19 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import math
 import os
 import time
 from typing import Any, Callable, Iterable, Sequence
 
 from absl import logging
+from flax import traverse_util
 import ml_collections
 
 from hcmtfg import atomic
-from hcmtfg.weights import checkpoint_io
-from hcmtfg.evaluation import evaluate as evaluate_lib
 from hcmtfg.errors import InputError
+from hcmtfg.evaluation import evaluate as evaluate_lib
+from hcmtfg.evaluation import study_report as report_lib
+from hcmtfg.weights import checkpoint_io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,32 +77,8 @@ VARIANTS = {v.name: v for v in (
             {"model.generator.use_attention": False}),
 )}
 
-
-@dataclasses.dataclass(frozen=True)
-class Metric:
-  """A plotted metric: its key under a path in `evaluation`'s results, its
-  label, and whether higher is better (None: neither)."""
-  key: str
-  label: str
-  higher_is_better: bool | None
-
-
-METRICS = (
-    Metric("plain/psnr", "plain PSNR dB", True),
-    Metric("plain/ssim", "plain SSIM", True),
-    Metric("lmd", "mouth LMD px", False),
-    Metric("aperture_r", "aperture r", True),
-    Metric("aperture_std", "aperture std", None),
-    Metric("sync_peak_r", "sync proxy r", True),
-)
-PATH = "gt_landmarks"  # VG-net alone, from the true landmarks
-BASELINE_PATH = "copy_example"
 # Config fields a continued study may change without retraining from scratch.
 _RESUMABLE_FIELDS = ("num_train_steps", "keep_checkpoints")
-STUDY_JSON = "learning_study.json"
-STUDY_MD = "learning_study.md"
-STUDY_PNG = "learning_study.png"
-BASELINE_JSON = "baseline.json"
 
 
 def eval_steps(steps: int, every: int) -> list[int]:
@@ -111,20 +90,15 @@ def eval_steps(steps: int, every: int) -> list[int]:
 
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: dict[str, Any]) -> None:
-  """Sets dotted fields ('loss.pixel') of `config` that must exist."""
-  for key, value in overrides.items():
-    *path, leaf = key.split(".")
-    parent = config
-    for part in path:
-      parent = parent[part]
-    if leaf not in parent:
-      raise KeyError(f"the config has no field {key!r}")
-    parent[leaf] = value
-
-
-def override_flags(overrides: dict[str, Any]) -> str:
-  """The overrides as `launch.train` flags."""
-  return " ".join(f"--config.{k}={v}" for k, v in overrides.items())
+  """Sets dotted fields ('loss.pixel') of `config`, as `--config.FIELD=VALUE`
+  flags do; a field the config lacks raises KeyError (locked meanwhile)."""
+  was_locked = config.is_locked
+  config.lock()
+  try:
+    config.update_from_flattened_dict(overrides)
+  finally:
+    if not was_locked:
+      config.unlock()
 
 
 def schedule_overrides(config: ml_collections.ConfigDict, steps: int,
@@ -170,15 +144,6 @@ def variant_config(base: ml_collections.ConfigDict, variant: str, steps: int,
   return config, overrides
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-  if isinstance(tree, dict):
-    out = {}
-    for key, value in tree.items():
-      out.update(_flatten(value, f"{prefix}{key}."))
-    return out
-  return {prefix[:-1]: tree}
-
-
 def check_workdir_config(workdir: str, config: ml_collections.ConfigDict
                          ) -> None:
   """Refuses to continue a workdir whose config.json differs from `config` in
@@ -192,10 +157,14 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict
     return
   try:
     with open(path, encoding="utf-8") as f:
-      old = _flatten(json.load(f))
+      old = json.load(f)
   except (OSError, ValueError) as e:
     raise InputError(path, f"cannot read the workdir's config: {e}") from e
-  new = _flatten(json.loads(config.to_json_best_effort()))
+  if not isinstance(old, dict):
+    raise InputError(path, "the workdir's config is not a JSON object")
+  old = traverse_util.flatten_dict(old, sep=".")
+  new = traverse_util.flatten_dict(json.loads(config.to_json_best_effort()),
+                                   sep=".")
   differ = [k for k in sorted(set(old) | set(new))
             if k not in _RESUMABLE_FIELDS and old.get(k) != new.get(k)]
   if differ:
@@ -207,244 +176,18 @@ def check_workdir_config(workdir: str, config: ml_collections.ConfigDict
                      "retrain it")
 
 
-# ----------------------------------------------------------------------------
-# Files.
-# ----------------------------------------------------------------------------
-
-
-def read_json(path: str) -> Any:
-  """A JSON file written by `atomic.write_json`, or None if absent."""
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise InputError(path, f"cannot read it ({e}); remove it to redo it") from e
-
-
-def eval_path(output_dir: str, variant: str, step: int) -> str:
-  """Where one checkpoint's evaluation goes."""
-  return os.path.join(output_dir, variant, "eval", f"step_{step:08d}.json")
-
-
-# ----------------------------------------------------------------------------
-# The report.
-# ----------------------------------------------------------------------------
-
-
-def _mean_std(summary: dict[str, Any] | None) -> tuple[float, float]:
-  """(mean, std) of an `evaluate_lib.aggregate` entry (NaN when undefined)."""
-  if not summary:
-    return math.nan, math.nan
-  nan = lambda v: math.nan if v is None else float(v)
-  return nan(summary.get("mean")), nan(summary.get("std"))
-
-
-def format_cell(mean: float, std: float) -> str:
-  """'mean ± std' with 4 decimals below 1 in magnitude, else 2; '—' for an
-  undefined value (e.g. the aperture r of a still video)."""
-  if not math.isfinite(mean):
-    return "—" if math.isnan(mean) else str(mean)
-  digits = 4 if abs(mean) < 1 else 2
-  if not math.isfinite(std):
-    return f"{mean:.{digits}f}"
-  return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def collect(output_dir: str, variants: Sequence[str], steps: Sequence[int]
-            ) -> dict[str, Any]:
-  """The study's numbers from the evaluation files on disk.
-
-  Returns:
-    {'curves': {variant: {'steps': [...], metric key: {'mean': [...],
-    'std': [...]}}}, 'baseline': {metric key: {'mean', 'std'}},
-    'real': {...the same for the real frames}, 'num_clips', 'image_size'};
-    a variant's steps are those evaluated so far.
-  """
-  curves, num_clips, image_size = {}, None, None
-  for variant in variants:
-    curve = {"steps": [], **{m.key: {"mean": [], "std": []} for m in METRICS}}
-    for step in steps:
-      results = read_json(eval_path(output_dir, variant, step))
-      if results is None:
-        continue
-      num_clips, image_size = results["num_clips"], results["image_size"]
-      curve["steps"].append(step)
-      for m in METRICS:
-        mean, std = _mean_std(results["metrics"].get(f"{PATH}/{m.key}"))
-        curve[m.key]["mean"].append(mean)
-        curve[m.key]["std"].append(std)
-    curves[variant] = curve
-  baseline, real = {}, {}
-  results = read_json(os.path.join(output_dir, BASELINE_JSON))
-  if results is not None:
-    for m in METRICS:
-      for out, key in ((baseline, f"{BASELINE_PATH}/{m.key}"),
-                       (real, f"real/{m.key}")):
-        mean, std = _mean_std(results["metrics"].get(key))
-        out[m.key] = {"mean": mean, "std": std}
-  return {"curves": curves, "baseline": baseline, "real": real,
-          "num_clips": num_clips, "image_size": image_size}
-
-
-def _duration(seconds: float) -> str:
-  seconds = int(round(seconds))
-  if seconds < 60:
-    return f"{seconds} s"
-  if seconds < 3600:
-    return f"{seconds // 60} min {seconds % 60:02d} s"
-  return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def format_markdown(study: dict[str, Any], numbers: dict[str, Any]) -> str:
-  """The study as markdown: the table (variant x step, each metric), the
-  baseline and real-frame rows, the variants' overrides, the command and
-  the wall time.
-
-  Args:
-    study: the learning_study.json record (settings, runs, variants).
-    numbers: `collect`'s result.
-  """
-  s = study["settings"]
-  arrow = {True: " ↑", False: " ↓", None: ""}
-  lines = [
-      "# Learning study: the paper's ablation", "",
-      f"VG-net alone on the true landmarks (`hcmtfg.evaluation.evaluate`, path "
-      f"`{PATH}`) of the `{s['split']}` split of {s['dataset']} "
-      f"({numbers['num_clips'] or '–'} clip"
-      f"{'' if numbers['num_clips'] == 1 else 's'}"
-      + (f", at most {s['max_clips']}" if s["max_clips"] else "")
-      + f"; frames {numbers['image_size'] or '–'}×{numbers['image_size'] or '–'}), "
-      f"evaluated every {s['eval_every']} training steps of "
-      f"`{s['config']}`; mean ± std over clips.", "",
-      "| variant | step | " + " | ".join(
-          m.label + arrow[m.higher_is_better] for m in METRICS) + " |",
-      "|---|---:|" + "---:|" * len(METRICS)]
-  for variant, curve in numbers["curves"].items():
-    if not curve["steps"]:
-      lines.append(f"| {variant} | not evaluated yet |" + " |" * len(METRICS))
-    for i, step in enumerate(curve["steps"]):
-      cells = [format_cell(curve[m.key]["mean"][i], curve[m.key]["std"][i])
-               for m in METRICS]
-      lines.append(f"| {variant} | {step} | " + " | ".join(cells) + " |")
-  for title, row in (("example frame repeated (baseline)", numbers["baseline"]),
-                     ("real frames", numbers["real"])):
-    if row:
-      cells = [format_cell(row[m.key]["mean"], row[m.key]["std"])
-               if m.key in row else "–" for m in METRICS]
-      lines.append(f"| {title} | – | " + " | ".join(cells) + " |")
-  lines += [
-      "", "Metrics (`hcmtfg.evaluation.evaluate` documents each): plain PSNR and SSIM "
-      "on RGB frames at the generator's size; mouth LMD, the release's "
-      "landmark distance of dlib's mouth points on 128×128 frames; aperture r, "
-      "the Pearson r per clip between the inner-lip aperture dlib finds on "
-      "the generated frames and that of the driving (true) landmarks; "
-      "aperture std, that aperture's standard deviation over a clip "
-      "(inter-ocular units); sync proxy r, the aperture's best r with the "
-      "speech's RMS envelope within ±5 frames (a stand-in for LSE, not LSE). "
-      "— : undefined (a still video has no aperture r). Real frames: dlib on "
-      "the real frames (the ceiling of the mouth metrics).", "",
-      f"Plot: [{STUDY_PNG}]({STUDY_PNG}).", "", "## Variants", ""]
-  for name in study["variants"]:
-    v = VARIANTS[name]
-    flags = override_flags(v.overrides)
-    lines.append(f"- `{name}`: {v.title}" + (f" (`{flags}`)" if flags else ""))
-  runs = study["runs"]
-  total = sum(r["seconds"] for r in runs)
-  train = study.get("train_seconds", {})
-  evals = study.get("eval_seconds", {})
-  lines += [
-      "", "Each variant is trained as", "",
-      "```",
-      f"python -m launch.train --config={s['config']} "
-      f"{override_flags(s['overrides'])} <variant's overrides> "
-      f"--workdir={s['output_dir']}/<variant>", "```", "",
-      "## How it was made", "", "```", runs[-1]["command"], "```", "",
-      f"Wall time: {_duration(total)} in {len(runs)} run"
-      f"{'s' if len(runs) != 1 else ''} of the study (a re-run continues "
-      "where the previous one stopped), started "
-      + ", ".join(r["started"] for r in runs) + ".",
-      "Training: " + (", ".join(f"{k} {_duration(v)}" for k, v in train.items())
-                      or "–")
-      + "; evaluation: " + (", ".join(f"{k} {_duration(v)}"
-                                      for k, v in evals.items()) or "–") + ".",
-      ""]
-  return "\n".join(lines)
-
-
-def plot(numbers: dict[str, Any], path: str, title: str = "") -> None:
-  """One panel per metric against training steps, one line per variant, the
-  baseline dashed and the real frames dotted; a PNG written atomically."""
-  # pylint: disable=g-import-not-at-top  (matplotlib only when plotting)
-  from matplotlib import figure as figure_lib
-  from matplotlib import ticker
-  from matplotlib.backends import backend_agg
-  # pylint: enable=g-import-not-at-top
-  columns = 3
-  rows = math.ceil(len(METRICS) / columns)
-  fig = figure_lib.Figure(figsize=(4.2 * columns, 3.2 * rows + 0.8), dpi=100)
-  backend_agg.FigureCanvasAgg(fig)
-  axes = fig.subplots(rows, columns, squeeze=False).ravel()
-  handles = {}
-  last = max((max(c["steps"]) for c in numbers["curves"].values()
-              if c["steps"]), default=1)
-  for ax, m in zip(axes, METRICS):
-    for i, (variant, curve) in enumerate(numbers["curves"].items()):
-      if curve["steps"]:
-        handles[variant], = ax.plot(curve["steps"], curve[m.key]["mean"],
-                                    marker="o", markersize=3, color=f"C{i}",
-                                    label=variant)
-    for label, row, style in (("example frame repeated", numbers["baseline"],
-                               "--"), ("real frames", numbers["real"], ":")):
-      value = row.get(m.key, {}).get("mean", math.nan)
-      if math.isfinite(value):
-        handles[label] = ax.axhline(value, color="0.35", linestyle=style,
-                                    linewidth=1.2, label=label)
-    arrow = {True: " (higher is better)", False: " (lower is better)",
-             None: ""}[m.higher_is_better]
-    ax.set_title(m.label + arrow, fontsize=10)
-    ax.set_xlabel("training step", fontsize=9)
-    ax.set_xlim(0, last * 1.04)
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.tick_params(labelsize=8)
-    ax.grid(alpha=0.3)
-  for ax in axes[len(METRICS):]:
-    ax.set_visible(False)
-  if handles:
-    fig.legend(list(handles.values()), list(handles), loc="lower center",
-               ncol=min(len(handles), 6), fontsize=9, frameon=False)
-  if title:
-    fig.suptitle(title, fontsize=11)
-  fig.tight_layout(rect=(0, 0.07, 1, 0.95 if title else 1))
-  atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-
-
-# ----------------------------------------------------------------------------
-# The study.
-# ----------------------------------------------------------------------------
-
-
 def evaluate_checkpoint(workdir: str, step: int,
                         clips: Callable[[], Iterable[evaluate_lib.Clip]],
                         analyzers: Sequence[Any], *, paths: Sequence[str],
                         batch_size: int = 4) -> dict[str, Any]:
   """`evaluate_lib.evaluate` of `paths` with a VG-net checkpoint of a training
   workdir (no AT-net); returns its results plus 'checkpoint' and 'step'."""
-  from hcmtfg.inference import generate  # pylint: disable=g-import-not-at-top
-  generator = generate.load_vgnet_generator(workdir, step=step)
+  from hcmtfg.inference import networks  # pylint: disable=g-import-not-at-top
+  generator = networks.load_vgnet_generator(workdir, step=step)
   results = evaluate_lib.evaluate(generator, clips(), analyzers=analyzers,
-                                batch_size=batch_size, paths=paths)
+                                  batch_size=batch_size, paths=paths)
   checkpoint = os.path.relpath(generator.sources["vgnet"], workdir)
   return {"checkpoint": checkpoint, "step": step, **results}
-
-
-def _summary_line(results: dict[str, Any], path: str) -> str:
-  parts = []
-  for m in METRICS:
-    mean, _ = _mean_std(results["metrics"].get(f"{path}/{m.key}"))
-    parts.append(f"{m.label} {format_cell(mean, math.nan)}")
-  return ", ".join(parts)
 
 
 def run(base: ml_collections.ConfigDict, output_dir: str, *,
@@ -512,8 +255,8 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
               "split": split, "max_clips": max_clips, "eval_every": every,
               "output_dir": display_dir}
 
-  json_path = os.path.join(output_dir, STUDY_JSON)
-  study = read_json(json_path) or {"runs": []}
+  json_path = os.path.join(output_dir, report_lib.STUDY_JSON)
+  study = report_lib.read_json(json_path) or {"runs": []}
   old = study.get("settings")
   fixed = ("dataset", "split", "max_clips", "eval_every")
   if old and any(old.get(k) != settings[k] for k in fixed):
@@ -530,17 +273,19 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
               "started": datetime.datetime.now().astimezone().isoformat(
                   timespec="seconds"), "seconds": 0.0}
   study["runs"].append(this_run)
-  paths = {"md": os.path.join(output_dir, STUDY_MD),
-           "png": os.path.join(output_dir, STUDY_PNG), "json": json_path}
+  paths = {"md": os.path.join(output_dir, report_lib.STUDY_MD),
+           "png": os.path.join(output_dir, report_lib.STUDY_PNG),
+           "json": json_path}
 
   def report():
     this_run["seconds"] = time.monotonic() - start
-    numbers = collect(output_dir, study["variants"], evaluated)
+    numbers = report_lib.collect(output_dir, study["variants"], evaluated)
     study["numbers"] = numbers
     atomic.write_json(json_path, study)
-    atomic.write_text(paths["md"], format_markdown(study, numbers))
-    plot(numbers, paths["png"],
-         f"{settings['dataset']} {split}: VG-net on the true landmarks")
+    atomic.write_text(paths["md"],
+                      report_lib.format_markdown(study, numbers, VARIANTS))
+    report_lib.plot(numbers, paths["png"], f"{settings['dataset']} {split}: "
+                    "VG-net on the true landmarks")
 
   builder = prepare_dataset(first_config.data)
   if split not in builder.info.splits:
@@ -557,9 +302,9 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
     if saved and saved[-1] >= steps:
       say(f"[{variant}] trained to step {saved[-1]}")
     else:
+      flags = report_lib.override_flags({**shown, **VARIANTS[variant].overrides})
       say(f"[{variant}] training to step {steps}: python -m launch.train "
-          f"--config={config_name} "
-          f"{override_flags({**shown, **VARIANTS[variant].overrides})} "
+          f"--config={config_name} {flags} "
           f"--workdir={os.path.join(display_dir, variant)}")
       t = time.monotonic()
       trainer_lib.train(config, workdir, builder)
@@ -567,12 +312,13 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
                                          + time.monotonic() - t)
       report()
     for step in evaluated:
-      target = eval_path(output_dir, variant, step)
+      target = report_lib.eval_path(output_dir, variant, step)
       if os.path.exists(target):
         continue
       t = time.monotonic()
       results = evaluate_checkpoint(workdir, step, clips, analyzers,
-                                    paths=(PATH,), batch_size=batch_size)
+                                    paths=(report_lib.PATH,),
+                                    batch_size=batch_size)
       if not results["num_clips"]:
         raise InputError(os.fspath(builder.data_dir), f"split {split!r} has "
                          "no clip of 2 frames or more")
@@ -582,14 +328,16 @@ def run(base: ml_collections.ConfigDict, output_dir: str, *,
                                  "seconds": seconds, **results})
       study["eval_seconds"][variant] = (study["eval_seconds"].get(variant, 0.0)
                                         + seconds)
-      say(f"[{variant}] step {step}: {_summary_line(results, PATH)}")
-      baseline = os.path.join(output_dir, BASELINE_JSON)
+      say(f"[{variant}] step {step}: "
+          f"{report_lib.summary_line(results, report_lib.PATH)}")
+      baseline = os.path.join(output_dir, report_lib.BASELINE_JSON)
       if not os.path.exists(baseline):
         results = evaluate_checkpoint(workdir, step, clips, analyzers,
-                                      paths=(BASELINE_PATH,),
+                                      paths=(report_lib.BASELINE_PATH,),
                                       batch_size=batch_size)
         atomic.write_json(baseline, {"split": split, **results})
-        say(f"[baseline] {_summary_line(results, BASELINE_PATH)}")
+        say("[baseline] "
+            f"{report_lib.summary_line(results, report_lib.BASELINE_PATH)}")
       report()
   report()
   logging.info("learning study written to %s", output_dir)

@@ -25,15 +25,8 @@ aperture sequence and the speech's RMS envelope at 25 fps, at lags of up to
 +-`MAX_LAG` frames; lag L pairs the aperture of frame t + L with the envelope
 of frame t (L > 0: the mouth moves L frames after the sound). It is a
 weights-free stand-in for LSE (SyncNet's lip-sync error), NOT LSE: it only
-asks whether the mouth opens when the speech is loud. Two envelopes:
-
-* `rms_envelope`: from a waveform, the RMS of each frame's 1/25 s of samples
-  (the demo's own video, real speech files);
-* `mfcc_envelope`: from the stored MFCC of a dataset clip (`launch.evaluate`),
-  whose c0 is the log energy of 25 ms windows every 10 ms after pre-emphasis
-  (`hcmtfg.features.audio.mfcc`); the pre-emphasis is undone with the spectral shape
-  that c1..c12 keep, and 4 rows per video frame give about the same RMS as
-  `rms_envelope` of the waveform (r ~0.99 on real speech).
+asks whether the mouth opens when the speech is loud. The envelope comes from
+the waveform or from a clip's stored MFCC (`hcmtfg.evaluation.speech_envelope`).
 
 `talking_metrics` computes all of these for a generated video (frames, the
 landmarks that drove it, its speech); `sequence_metrics` is the part that
@@ -43,13 +36,12 @@ quantity is undefined (constant sequences, too few frames, no face found).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any, Sequence
 
 import numpy as np
-import scipy.fft
 
+from hcmtfg.evaluation import speech_envelope
 from hcmtfg.features import audio as audio_lib
 
 NUM_POINTS = 68
@@ -61,11 +53,6 @@ RIGHT_EYE = slice(42, 48)
 MAX_LAG = 5  # frames (0.2 s at 25 fps)
 MIN_FRAMES = 3  # fewer (finite) frame pairs than this: r is NaN
 DLIB_SIZE = 128  # frames smaller than this are resized up before dlib
-# MFCC row of the *padded* signal whose 25 ms window starts 10 ms before video
-# frame 0: rows 4t + 11 .. 4t + 14 are centred at 2.5, 12.5, 22.5, 32.5 ms
-# into frame t (`audio.PAD_SAMPLES` = 12 rows of padding).
-_FIRST_ROW = audio_lib.PAD_SAMPLES * audio_lib.MFCC_RATE // audio_lib.SAMPLE_RATE - 1
-
 
 def as_points(landmarks: np.ndarray) -> np.ndarray:
   """(T, 68, 2) float64 view of (T, 136) (x0, y0, x1, ...) or (T, 68, 2)."""
@@ -174,98 +161,6 @@ def sync_scores(video: np.ndarray, audio: np.ndarray, max_lag: int = MAX_LAG
     best = ties[np.argmin(np.abs(lags[ties]))]
     out["sync_peak_r"], out["sync_peak_lag"] = float(r[best]), float(lags[best])
   return out
-
-
-def rms_envelope(signal: np.ndarray, sample_rate: int = audio_lib.SAMPLE_RATE,
-                 num_frames: int | None = None,
-                 fps: float = audio_lib.VIDEO_FPS) -> np.ndarray:
-  """RMS of each video frame's samples: frame t covers [t, t + 1) / fps s.
-
-  Args:
-    signal: (N,) float waveform (mono).
-    sample_rate: Hz.
-    num_frames: T; default ceil(N fps / sample_rate) (`audio.num_video_frames`,
-      as the generated video). Frames past the end of the signal are silent
-      (0); the last, partial frame is the RMS of the samples it has.
-    fps: video frame rate.
-
-  Returns:
-    (T,) float64 in the waveform's units.
-  """
-  x = np.asarray(signal, np.float64)
-  if x.ndim != 1:
-    raise ValueError(f"expected a 1-D signal, got shape {x.shape}")
-  if num_frames is None:
-    num_frames = audio_lib.num_video_frames(x.shape[0], sample_rate, fps)
-  bounds = np.round(np.arange(num_frames + 1) * sample_rate / fps).astype(int)
-  bounds = np.minimum(bounds, x.shape[0])
-  sums = np.concatenate([[0.0], np.cumsum(x * x)])[bounds]
-  counts = np.diff(bounds)
-  mean_square = np.diff(sums) / np.maximum(counts, 1)  # 0 for empty frames
-  return np.sqrt(np.maximum(mean_square, 0.0))
-
-
-@functools.lru_cache(maxsize=1)
-def _filter_preemphasis_gains() -> np.ndarray:
-  """(26,) power gain of the MFCC's pre-emphasis, averaged over each mel filter."""
-  bank = audio_lib.mel_filterbank()
-  omega = np.pi * np.arange(bank.shape[1]) / (bank.shape[1] - 1)
-  gain = np.abs(1.0 - audio_lib.PREEMPHASIS * np.exp(-1j * omega))**2
-  return (bank @ gain) / bank.sum(axis=1)
-
-
-def mfcc_envelope(mfcc_Mx13: np.ndarray, num_frames: int, *,
-                  undo_preemphasis: bool = True) -> np.ndarray:
-  """The speech's RMS envelope at 25 fps from a clip's stored MFCC.
-
-  The MFCC is `audio.mfcc(audio.pad_for_video(signal))`: 25 ms windows every
-  10 ms, 12 rows of padding in front, and c0 = log(sum of the window's
-  one-sided power spectrum / 512), which by Parseval is ~200x the window's mean
-  square after pre-emphasis (x[n] - 0.97 x[n-1]: a power gain from ~0.001 at
-  0 Hz to ~3.9 at 8 kHz). Per row:
-
-  * undo_preemphasis (default): c1..c12 are unliftered and inverted (DCT-III,
-    higher cepstra 0) into the smoothed log mel spectrum, whose 26 band
-    energies are scaled to sum to exp(c0), divided by the pre-emphasis gain
-    averaged over each band and summed: the window's power before
-    pre-emphasis (on real speech r ~0.99 with, and within ~10% of, the
-    waveform's `rms_envelope`);
-  * otherwise exp(c0) itself (the pre-emphasised speech's power).
-
-  Frame t averages the mean squares of rows 4t + 11 .. 4t + 14, whose windows
-  are centred in it, and takes the square root; rows past the MFCC's end
-  count as silence.
-
-  Args:
-    mfcc_Mx13: (M, 13) MFCC of the padded 16 kHz signal.
-    num_frames: T video frames (t = 0 starts at the first real sample).
-    undo_preemphasis: see above.
-
-  Returns:
-    (T,) float64, about the RMS of the (pre-emphasised, if not undone) speech.
-  """
-  m = np.asarray(mfcc_Mx13, np.float64)
-  if m.ndim != 2 or m.shape[1] != audio_lib.NUM_CEPS:
-    raise ValueError(f"expected an (M, {audio_lib.NUM_CEPS}) MFCC, got {m.shape}")
-  power = np.exp(m[:, 0])
-  if undo_preemphasis and m.shape[0]:
-    n = np.arange(1, audio_lib.NUM_CEPS)
-    lifter = 1.0 + (audio_lib.CEPLIFTER / 2.0) * np.sin(np.pi * n / audio_lib.CEPLIFTER)
-    ceps = np.zeros((m.shape[0], audio_lib.NUM_FILTERS))
-    ceps[:, 1:audio_lib.NUM_CEPS] = m[:, 1:] / lifter
-    log_mel = scipy.fft.idct(ceps, type=2, axis=1, norm="ortho")
-    mel = np.exp(log_mel - log_mel.max(axis=1, keepdims=True))
-    share = mel / mel.sum(axis=1, keepdims=True)
-    power = power * (share / _filter_preemphasis_gains()).sum(axis=1)
-  frame_len = audio_lib.WINLEN_S * audio_lib.SAMPLE_RATE
-  mean_square = power * 2.0 / frame_len
-  rows = (_FIRST_ROW + audio_lib.ROWS_PER_FRAME * np.arange(num_frames)[:, None]
-          + np.arange(audio_lib.ROWS_PER_FRAME)[None])
-  if not num_frames:
-    return np.zeros(0)
-  padded = np.concatenate([mean_square,
-                           np.zeros(max(rows.max() + 1 - m.shape[0], 0))])
-  return np.sqrt(padded[rows].mean(axis=1))
 
 
 def sequence_metrics(aperture: np.ndarray, driving_aperture: np.ndarray | None,
@@ -382,7 +277,7 @@ def talking_metrics(frames: np.ndarray, driving_landmarks: np.ndarray | None,
     if driving.shape[0] != n:
       raise ValueError(f"{driving.shape[0]} driving landmark sets for {n} frames")
   envelope = (None if speech is None else
-              rms_envelope(speech, sample_rate, num_frames=n))
+              speech_envelope.rms_envelope(speech, sample_rate, num_frames=n))
   nan_mean = lambda x: float(np.mean(x[np.isfinite(x)])) if np.isfinite(
       x).any() else math.nan
   out = {"frames": n, "detected": float(found.mean()) if n else math.nan,

@@ -19,10 +19,10 @@ import os
 from typing import Any, Callable
 
 from hcmtfg import atomic
-from hcmtfg.evaluation import evaluate as evaluate_lib
-from hcmtfg.inference import generate
 from hcmtfg import paths
 from hcmtfg.errors import InputError
+from hcmtfg.evaluation import evaluate as evaluate_lib
+from hcmtfg.inference import networks
 
 
 # (key suffix, metric, convention): the table rows of each path.
@@ -157,7 +157,7 @@ def run(atnet_workdir: str, vgnet_workdir: str, output_dir: str, *,
     raise InputError(atnet_workdir, "no dataset recorded in the workdir; give "
                      "--dataset and --data_dir")
   builder = load_builder(dataset, data_dir, config)
-  generator = generate.load_generator_networks(atnet_workdir, vgnet_workdir,
+  generator = networks.load_generator_networks(atnet_workdir, vgnet_workdir,
                                                pca_path=pca)
   threads = threads or min(2, os.cpu_count() or 1)
   total = evaluate_lib.split_size(builder, split)

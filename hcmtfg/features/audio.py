@@ -50,7 +50,7 @@ WINDOW_ROWS = (2 * CONTEXT_FRAMES + 1) * ROWS_PER_FRAME  # 28
 NUM_CEPS = 13
 
 # MFCC parameters of python_speech_features.mfcc(signal, 16000, winstep=0.01)
-# (`mouth_metrics.mfcc_envelope` inverts part of it).
+# (`hcmtfg.evaluation.speech_envelope.mfcc_envelope` inverts part of it).
 WINLEN_S = 0.025
 WINSTEP_S = 0.01
 NFFT = 512

@@ -10,11 +10,9 @@
   -> MFCC (M, 13) float32 at 100 Hz of the 16 kHz audio padded by 0.12 s at both ends
      (`hcmtfg.features.audio`; the AT-net window of video frame t is mfcc[4t:4t+28, 1:]).
 
-Mean shape. Normalisation aligns every frame to `default_mean_shape()`: the face
-template of `hcmtfg.features.align` (generalised-Procrustes mean of dlib landmarks over ten
-real photos, our own data, shipped as constants in align.py). The release aligns to
-its `mean_shape_img.npy` instead; pass `mean_shape=` to use that one. Procrustes
-normalisation ignores the target's position and size, so only its shape matters.
+Mean shape. Normalisation (`hcmtfg.features.landmarks.normalize_landmarks`) aligns
+every frame to `landmarks.default_mean_shape()`, our own face template; pass
+`mean_shape=` (e.g. the release's `mean_shape_img.npy`) to use another one.
 Normalised coordinates are roughly in [-0.2, 0.2] (unit Frobenius norm); the x5 of
 the release's PCA convention is applied later (`Pca.scale`), never stored.
 
@@ -31,11 +29,11 @@ import os
 import cv2
 import numpy as np
 
+from hcmtfg.errors import InputError
 from hcmtfg.features import align
 from hcmtfg.features import audio as audio_lib
 from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.media import video as video_lib
-from hcmtfg.errors import InputError
 
 FPS = 25.0
 CROP_SIZE = align.OUT_SIZE  # 128
@@ -92,24 +90,6 @@ class ClipExample:
   @property
   def num_frames(self) -> int:
     return int(self.frames.shape[0])
-
-
-def default_mean_shape() -> np.ndarray:
-  """(68, 2) float64 Procrustes target of our pipeline (see module docstring)."""
-  return align.default_templates().open.copy()
-
-
-def normalize_landmarks(lmarks_Tx68x2: np.ndarray,
-                        mean_shape_68x2: np.ndarray | None = None) -> np.ndarray:
-  """Procrustes-normalised (T, 136) float32 landmarks (no reflections).
-
-  Args:
-    lmarks_Tx68x2: landmarks in any pixel frame ((68, 2) accepted).
-    mean_shape_68x2: Procrustes target; None = `default_mean_shape()`.
-  """
-  target = default_mean_shape() if mean_shape_68x2 is None else mean_shape_68x2
-  return landmarks_lib.procrustes_normalise(lmarks_Tx68x2, target).astype(
-      np.float32)
 
 
 def encode_frames(frames_TxHxWx3: np.ndarray, image_format: str = "jpeg",
@@ -174,7 +154,7 @@ def extract_clip(video_path: str | os.PathLike, *, analyzer,
     max_frames: keep at most this many leading frames and their audio (None: all).
     audio_path: a separate audio file (GRID's .wav); None = the video's own track,
       which is then required.
-    mean_shape: Procrustes target; None = `default_mean_shape()`.
+    mean_shape: Procrustes target; None = `landmarks.default_mean_shape()`.
     templates: crop templates for `align_clip`; None = align's default.
     fps: video frame rate of the output (25 everywhere in this project).
     track_kwargs: extra keyword arguments of `FaceAnalyzer.track`.
@@ -210,7 +190,7 @@ def extract_clip(video_path: str | os.PathLike, *, analyzer,
     # One transform for the clip, from its mean landmarks and box (steady crops).
     crops, crop_lm, _ = align.align_clip(frames, track.landmarks, track.boxes,
                                          templates, reference=None)
-    normalized = normalize_landmarks(crop_lm, mean_shape)
+    normalized = landmarks_lib.normalize_landmarks(crop_lm, mean_shape)
   except ValueError as e:
     raise ClipError(video_path, f"cannot align the face: {e}", BAD_LANDMARKS) from e
   if not (np.all(np.isfinite(crop_lm)) and np.all(np.isfinite(normalized))):

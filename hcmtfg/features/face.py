@@ -24,8 +24,8 @@ import cv2
 import dlib
 import numpy as np
 
-from hcmtfg.media import image_io
 from hcmtfg.errors import InputError
+from hcmtfg.media import image_io
 
 PREDICTOR_FILENAME = "shape_predictor_68_face_landmarks.dat"
 NUM_LANDMARKS = 68
@@ -126,7 +126,7 @@ class FaceAnalyzer:
 
   Attributes:
     upsample: how many times the detector upsamples the image (the release uses 1;
-      finds faces down to ~40 px, costs ~4x the time of 0).
+      finds faces down to ~40 px, at several times the cost of 0).
     num_detector_calls: detector runs so far (for benchmarks and tests).
   """
 
@@ -190,8 +190,8 @@ class FaceAnalyzer:
     The detector runs on the first frame, every `redetect_every` frames, after a
     frame without a face, and whenever tracking looks unreliable. Other frames
     predict landmarks inside a box placed on the previous frame's landmarks, with
-    the landmark-to-box offset and size measured at the last detection (one shape
-    predictor call, ~1 ms, against ~20 ms for the detector on a 256x256 frame).
+    the landmark-to-box offset and size taken at the last detection (one shape
+    predictor call, far cheaper than a detector run).
     Tracking looks unreliable, and the frame is re-detected, when the box placed on
     the new landmarks has moved from the last detection box by more than
     `drift_threshold` x that box's width or changed size by more than that

@@ -4,6 +4,15 @@ Shapes: 68 dlib landmarks (x, y) per frame; a flattened landmark vector has 136 
 (x0, y0, x1, y1, ...). A Procrustes-normalised shape is centred, scaled and rotated
 onto a mean shape of unit Frobenius norm (coordinates roughly in [-0.2, 0.2]).
 
+Mean shape. Our pipeline (`normalize_landmarks`: the datasets, a photo's example
+landmarks) aligns every frame to `default_mean_shape()`: the face template of
+`hcmtfg.features.align` (generalised-Procrustes mean of dlib landmarks over ten real
+photos, our own data, shipped as constants in align.py). The release aligns to its
+`mean_shape_img.npy` instead; pass it as `mean_shape_68x2` to use that one.
+Procrustes normalisation ignores the target's position and size, so only its shape
+matters. The x5 of the release's PCA convention is applied later (`Pca.scale`),
+never stored.
+
 PCA convention (the release's, whose LRW files `U_lrw1.npy` / `mean_lrw1.npy`
 `load_release_pca` reads): coefficients are computed from the normalised
 landmarks multiplied by `Pca.scale` (5 in the release):
@@ -65,6 +74,25 @@ def procrustes_normalise(lmarks_Tx68x2: np.ndarray, mean_shape_68x2: np.ndarray,
   aligned = np.einsum("tnj,tij->tni", shapes, rotation) * sing.sum(-1)[:, None,
                                                                         None]
   return aligned.reshape(-1, 2 * NUM_POINTS)
+
+
+def default_mean_shape() -> np.ndarray:
+  """(68, 2) float64 Procrustes target of our pipeline (see the module docstring)."""
+  # Lazy: align brings dlib, which the training path does not otherwise load.
+  from hcmtfg.features import align  # pylint: disable=g-import-not-at-top
+  return align.default_templates().open.copy()
+
+
+def normalize_landmarks(lmarks_Tx68x2: np.ndarray,
+                        mean_shape_68x2: np.ndarray | None = None) -> np.ndarray:
+  """Procrustes-normalised (T, 136) float32 landmarks (no reflections).
+
+  Args:
+    lmarks_Tx68x2: landmarks in any pixel frame ((68, 2) accepted).
+    mean_shape_68x2: Procrustes target; None = `default_mean_shape()`.
+  """
+  target = default_mean_shape() if mean_shape_68x2 is None else mean_shape_68x2
+  return procrustes_normalise(lmarks_Tx68x2, target).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)

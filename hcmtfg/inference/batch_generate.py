@@ -21,30 +21,26 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import itertools
 import os
 import sys
 import time
 
 from absl import logging
 
-from hcmtfg.features import align
-from hcmtfg.features import audio as audio_lib
-from hcmtfg.runtime import compile_cache
-from hcmtfg.inference import compose
-from hcmtfg.inference import face_prefetch
-from hcmtfg.runtime import faults
-from hcmtfg.inference import generate
-from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg import paths
-from hcmtfg.inference import networks as networks_lib
-from hcmtfg.media import video as video_lib
 from hcmtfg.errors import InputError
-
-# Numbers the videos this process begins, from 1 (the fault-injection tests
-# kill a batch while it writes video N).
-_VIDEO_NUMBERS = itertools.count(1)
-
+from hcmtfg.features import audio as audio_lib
+from hcmtfg.inference import compose
+from hcmtfg.inference import engine
+from hcmtfg.inference import face_prefetch
+from hcmtfg.inference import generate
+from hcmtfg.inference import networks
+from hcmtfg.inference import outputs
+from hcmtfg.inference import photo as photo_lib
+from hcmtfg.inference import warm as warm_lib
+from hcmtfg.media import video as video_lib
+from hcmtfg.media import video_writer
+from hcmtfg.runtime import compile_cache
 
 @dataclasses.dataclass(frozen=True)
 class Options:
@@ -60,11 +56,11 @@ class Options:
   save_intermediates: bool = False
   paste_back: bool = False
   release_coef_scaling: bool | None = None
-  chunk_frames: int = generate.CHUNK_FRAMES
-  min_face_size: int = generate.MIN_FACE_SIZE
+  chunk_frames: int = engine.CHUNK_FRAMES
+  min_face_size: int = photo_lib.MIN_FACE_SIZE
   overwrite: bool = False
   progress: bool = True
-  preset: str = video_lib.FAST_PRESET
+  preset: str = video_writer.FAST_PRESET
 
 
 # Options holding a path or URL (see `with_user_paths`).
@@ -84,11 +80,6 @@ class Job:
   audio: str
   output: str
   line: int = 0
-
-
-def intermediates_path(output: str) -> str:
-  stem, ext = os.path.splitext(output)
-  return f"{stem}_intermediates{ext or '.mp4'}"
 
 
 def read_pairs(path: str) -> tuple[list[Job], list[tuple[str, str]]]:
@@ -126,7 +117,7 @@ def read_pairs(path: str) -> tuple[list[Job], list[tuple[str, str]]]:
 
 def is_complete(job: Job, options: Options) -> bool:
   """Whether the job's outputs exist as readable videos with an audio track."""
-  paths = [job.output] + ([intermediates_path(job.output)]
+  paths = [job.output] + ([outputs.intermediates_path(job.output)]
                           if options.save_intermediates else [])
   for path in paths:
     if not os.path.isfile(path):
@@ -146,57 +137,41 @@ def remove_partial_outputs(job: Job) -> list[str]:
   Returns:
     The files removed.
   """
-  return [partial for output in (job.output, intermediates_path(job.output))
-          for partial in video_lib.remove_partial_files(output)]
+  return [partial for output in (job.output, outputs.intermediates_path(job.output))
+          for partial in video_writer.remove_partial_files(output)]
 
 
-def run_one(generator: generate.Generator, analyzer, job: Job, options: Options,
-            templates=None, shape_model=None) -> dict[str, float]:
+def run_one(warm: warm_lib.WarmNetworks, job: Job, options: Options
+            ) -> dict[str, float]:
   """Generates one video; returns {'frames', 'seconds'}. Raises InputError."""
   start = time.time()
   speech = audio_lib.load_audio(job.audio)
-  photo = generate.prepare_photo(job.image, analyzer, templates,
-                                 image_size=generator.image_size,
-                                 shape_model=shape_model,
-                                 min_face_size=options.min_face_size)
-  track, rate = generate.output_audio(job.audio, speech)
-  total = audio_lib.num_video_frames(speech.size)
-  paster = (compose.PasteBack(photo.source_image, photo.transform,
-                              generator.image_size)
-            if options.paste_back else None)
-  os.makedirs(os.path.dirname(os.path.abspath(job.output)), exist_ok=True)
+  photo = warm.prepare_photo(job.image)
+  windows = generate.speech_windows(speech)
+  track, rate = outputs.output_audio(job.audio, speech)
+  stream = warm.frame_stream(photo, chunk_frames=options.chunk_frames)
+  renderer = compose.Renderer(photo, warm.image_size,
+                              paste_back=options.paste_back,
+                              intermediates=options.save_intermediates)
   with contextlib.ExitStack() as stack:
-    writer = stack.enter_context(video_lib.VideoWriter(
-        job.output, fps=generate.FPS, audio=track, audio_sample_rate=rate,
+    videos = stack.enter_context(outputs.VideoOutputs(
+        job.output, renderer, audio=track, audio_sample_rate=rate,
         preset=options.preset))
-    side = (stack.enter_context(video_lib.VideoWriter(
-        intermediates_path(job.output), fps=generate.FPS, audio=track,
-        audio_sample_rate=rate, preset=options.preset))
-            if options.save_intermediates else None)
     bar = None
     if options.progress and options.pairs is None:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      bar = stack.enter_context(tqdm(total=total, unit="frame",
+      bar = stack.enter_context(tqdm(total=windows.shape[0], unit="frame",
                                      desc=os.path.basename(job.output)))
-    video_number = next(_VIDEO_NUMBERS)
-    for chunk in generate.generate_chunks(
-        generator, photo, speech, chunk_frames=options.chunk_frames,
-        release_coef_scaling=options.release_coef_scaling):
-      writer.write(paster(chunk.frames) if paster else chunk.frames)
-      faults.at("video_write", video_number)  # Tests only: a kill mid-video.
-      if side is not None:
-        side.write(compose.intermediates_frames(
-            photo.crop, photo.landmarks_to_crop(chunk.landmarks),
-            chunk.attention, chunk.colour, chunk.frames))
+    for chunk in stream.run(windows):
+      videos.write(chunk)
       if bar is not None:
         bar.update(chunk.frames.shape[0])
-    frames = writer.num_frames
+    frames = videos.num_frames
   return {"frames": frames, "seconds": time.time() - start}
 
 
 def run(options: Options) -> int:
   """Runs one job or a batch; returns the exit code (0 = every row succeeded)."""
-  from hcmtfg.features import face  # pylint: disable=g-import-not-at-top  (dlib)
   options = with_user_paths(options)
   failures: list[tuple[str, str]] = []
   # One video: dlib finds the face in a child process while the networks load.
@@ -207,15 +182,11 @@ def run(options: Options) -> int:
       jobs, failures = read_pairs(options.pairs)
     else:
       jobs = [Job(options.image, options.audio, options.output)]
-    templates = shape_model = None
-    if options.release_basics_dir:
-      templates = align.load_release_templates(options.release_basics_dir)
-      shape_model = landmarks_lib.load_release_shape_model(
-          options.release_basics_dir)
-    generator = networks_lib.load_generator(networks_lib.NetworkOptions(
+    warm = warm_lib.WarmNetworks.load(networks.NetworkOptions(
         options.atnet_workdir, options.vgnet_workdir, pca=options.pca,
-        release_basics_dir=options.release_basics_dir))
-    analyzer = prefetch or face.FaceAnalyzer()
+        release_basics_dir=options.release_basics_dir,
+        release_coef_scaling=options.release_coef_scaling,
+        min_face_size=options.min_face_size), analyzer=prefetch)
   except InputError as e:
     if prefetch is not None:
       prefetch.close()
@@ -237,7 +208,7 @@ def run(options: Options) -> int:
         logging.info("%s: removed %s, left by an interrupted run", where,
                      partial)
     try:
-      info = run_one(generator, analyzer, job, options, templates, shape_model)
+      info = run_one(warm, job, options)
       done += 1
       logging.info("%s: wrote %s (%d frames, %.1f s)", where, job.output,
                    info["frames"], info["seconds"])

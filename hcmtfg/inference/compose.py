@@ -12,6 +12,10 @@ Only the photo's region under the crop is touched.
 The intermediates view shows, per frame, four panels of the same size: the
 aligned photo (dimmed) with the predicted landmarks drawn, the attention map
 A (colour-mapped, 1 = generated pixels), the colour map C, and the result.
+
+`Renderer` is what every output path uses to turn generated chunks into the
+frames it shows: the crops, or the photo with the face pasted back, and when
+asked the intermediates view.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import numpy as np
 
 from hcmtfg.features import align
 from hcmtfg.features.align import AlignTransform
+from hcmtfg.inference import engine
+from hcmtfg.inference import photo as photo_lib
 
 FEATHER = 0.12  # fraction of the crop side over which the mask fades out
 PANEL_MIN_SIZE = 128
@@ -128,13 +134,6 @@ def _frame_mask(matrix: np.ndarray, transform: AlignTransform, size: int,
   return (ramp * inside).astype(np.float32)
 
 
-def paste_back(frames: np.ndarray, original_image: np.ndarray,
-               transform: AlignTransform, feather: float = FEATHER) -> np.ndarray:
-  """Composites generated frames (N, S, S, 3) uint8 into the photo -> (N, H, W, 3)."""
-  frames = np.asarray(frames)
-  return PasteBack(original_image, transform, frames.shape[-2], feather)(frames)
-
-
 def draw_landmarks(image: np.ndarray, points_68x2: np.ndarray,
                    colour: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
   """A copy of an RGB uint8 image with dlib-68 contours and points drawn."""
@@ -202,3 +201,40 @@ def intermediates_frames(crop: np.ndarray, landmarks_Nx68x2: np.ndarray,
       _label(panel, text)
     out[i] = np.concatenate(panels, axis=1)
   return out
+
+
+class Renderer:
+  """Generated chunks -> output frames (and the intermediates view).
+
+  Args:
+    photo: the prepared photo.
+    image_size: S of the generated frames.
+    paste_back: composite the faces into the whole photo.
+    intermediates: also make [landmarks | attention | colour | result].
+  """
+
+  def __init__(self, photo: photo_lib.PreparedPhoto, image_size: int, *,
+               paste_back: bool = False, intermediates: bool = False):
+    self.photo = photo
+    self.intermediates = intermediates
+    self._paster = (PasteBack(photo.source_image, photo.transform, image_size)
+                    if paste_back else None)
+
+  @property
+  def frame_shape(self) -> tuple[int, int]:
+    """(H, W) of the output frames."""
+    if self._paster is not None:
+      return tuple(self.photo.source_image.shape[:2])
+    s = self.photo.image.shape[0]
+    return (s, s)
+
+  def __call__(self, chunk: engine.FrameChunk
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(frames (n, H, W, 3) uint8, intermediates (n, P, 4P, 3) or None)."""
+    frames = self._paster(chunk.frames) if self._paster else chunk.frames
+    side = None
+    if self.intermediates:
+      side = intermediates_frames(
+          self.photo.crop, self.photo.landmarks_to_crop(chunk.landmarks),
+          chunk.attention, chunk.colour, chunk.frames)
+    return frames, side

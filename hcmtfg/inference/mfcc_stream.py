@@ -1,34 +1,23 @@
-"""Frames as the speech arrives: incremental MFCC windows and chunked networks.
+"""Speech arriving in pieces -> the exact per-frame MFCC windows.
 
 `MfccStream` turns speech pushed in pieces of any size (a microphone's
 blocks, a file read progressively) into the per-frame 28x12 MFCC windows of
-`hcmtfg.features.audio`, exactly as `audio.speech_features` computes them on the whole
-signal. An MFCC row needs its 25 ms frame complete, and the window of video
+`hcmtfg.features.audio`, exactly as `audio.speech_features` computes them on
+the whole signal. An MFCC row needs its 25 ms frame complete, and the window of video
 frame t spans rows 4t .. 4t+27 of the signal padded with 0.12 s in front, so
 frame t is ready once (t + 1) x 40 ms + 135 ms of speech have arrived: the
 method's own look-ahead. `finish()` adds the release's 0.12 s of trailing
 zeros and returns the last windows.
 
-`FrameStream` runs AT-net and VG-net on windows pushed in any amounts, in
-chunks following a schedule (a small first chunk gets the first frames out
-quickly; the rest run at the throughput chunk length). The LSTM and ConvGRU
-states are carried across chunks (`hcmtfg.inference.chunked`), so the frames equal
-`generate.generate`'s for the same speech, whatever the schedule. Each chunk
-length has one compiled AT-net and one VG-net executable
-(`generate.atnet_step` / `generate.vgnet_step`), shared with the batch path
-and kept in the persistent compilation cache (`hcmtfg.runtime.compile_cache`).
+`engine.FrameStream` takes the windows in any amounts, so the frames of a
+stream equal those of the whole file (`realtime.run`, `launch.stream`).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
-
-import jax.numpy as jnp
 import numpy as np
 
 from hcmtfg.features import audio as audio_lib
-from hcmtfg.inference import generate
-from hcmtfg.features import landmarks as landmarks_lib
 
 _STEP = 160  # samples between MFCC rows at 16 kHz (10 ms)
 _WINDOW = 400  # samples of one MFCC row's frame (25 ms)
@@ -142,135 +131,3 @@ class MfccStream:
       self._rows = self._rows[drop:]
       self._rows_start += drop
     return windows
-
-
-def chunk_schedule(chunk_frames: int, first_chunk_frames: int | None = None
-                   ) -> tuple[int, ...]:
-  """The chunk lengths a FrameStream uses: (first, then every other)."""
-  if chunk_frames < 1 or (first_chunk_frames is not None
-                          and first_chunk_frames < 1):
-    raise ValueError("chunk lengths must be >= 1")
-  first = chunk_frames if first_chunk_frames is None else first_chunk_frames
-  return (first, chunk_frames)
-
-
-class FrameStream:
-  """AT-net + VG-net on MFCC windows pushed in any amounts (one utterance).
-
-  Args:
-    generator: the networks (`generate.load_generator_networks`).
-    photo: the prepared photo (its image must be generator.image_size).
-    chunk_frames: frames per network call after the first chunk.
-    first_chunk_frames: frames of the first call (None: chunk_frames); a
-      small one gets the first frames out sooner.
-    release_coef_scaling: None = the generator's default.
-  """
-
-  def __init__(self, generator: generate.Generator,
-               photo: generate.PreparedPhoto, *, chunk_frames: int = 32,
-               first_chunk_frames: int | None = None,
-               release_coef_scaling: bool | None = None):
-    s = generator.image_size
-    if photo.image.shape != (s, s, 3):
-      raise ValueError(f"the photo was prepared at {photo.image.shape[:2]}, "
-                       f"the VG-net makes {s}x{s} frames")
-    self._gen = generator
-    self._photo = photo
-    self._first, self._chunk = chunk_schedule(chunk_frames, first_chunk_frames)
-    scaling = (generator.release_coef_scaling if release_coef_scaling is None
-               else release_coef_scaling)
-    k = generator.pca.num_components
-    self._gain = np.ones(k, np.float32)
-    if scaling:
-      self._gain[1:6] = generate.RELEASE_COEF_GAIN[:max(min(k, 6) - 1, 0)]
-    pca = generator.pca
-    self._example_coef = landmarks_lib.project(
-        pca, photo.landmarks).astype(np.float32)[None]
-    self._image = jnp.asarray(photo.image[None])
-    self._example = jnp.asarray(generate.vgnet_example_landmark(
-        generator, photo)[None])
-    self._at_carry, self._vg_carry = generator.initial_carries()
-    self._pending = np.zeros((0, audio_lib.WINDOW_ROWS,
-                              audio_lib.NUM_CEPS - 1), np.float32)
-    self._start = 0  # index of the next frame to generate
-    self._finished = False
-
-  @property
-  def frames_done(self) -> int:
-    """Frames generated so far."""
-    return self._start
-
-  def _next_length(self) -> int:
-    return self._first if self._start == 0 else self._chunk
-
-  def push(self, windows_Nx28x12: np.ndarray) -> Iterator[generate.FrameChunk]:
-    """Adds windows; yields the chunks they complete (dispatching each chunk
-    before fetching the previous one, so host and device work overlap)."""
-    if self._finished:
-      raise ValueError("the stream is finished")
-    self._pending = np.concatenate(
-        [self._pending, np.asarray(windows_Nx28x12, np.float32)])
-    yield from self._run(final=False)
-
-  def finish(self) -> Iterator[generate.FrameChunk]:
-    """Yields the chunks of the remaining windows (the last one padded)."""
-    if self._finished:
-      raise ValueError("the stream is finished")
-    self._finished = True
-    yield from self._run(final=True)
-
-  def _run(self, final: bool) -> Iterator[generate.FrameChunk]:
-    previous = None
-    while self._pending.shape[0] >= self._next_length() or (
-        final and self._pending.shape[0]):
-      length = self._next_length()
-      windows, self._pending = (self._pending[:length],
-                                self._pending[length:])
-      dispatched = self._dispatch(windows, length)
-      if previous is not None:
-        yield _fetch(*previous)
-      previous = dispatched
-    if previous is not None:
-      yield _fetch(*previous)
-
-  def _dispatch(self, windows: np.ndarray, length: int):
-    gen, n = self._gen, windows.shape[0]
-    if n < length:  # the last chunk: pad by repeating the last window
-      windows = np.concatenate([windows, np.repeat(windows[-1:], length - n,
-                                                   axis=0)])
-    coefs, self._at_carry = generate.atnet_step(
-        gen.atnet, gen.atnet_variables, self._at_carry, self._example_coef,
-        windows[None])
-    coefs = np.asarray(coefs)[0] * self._gain
-    frames, attention, colour, self._vg_carry = generate.vgnet_step(
-        gen.vgnet, gen.vgnet_variables, self._vg_carry, self._image,
-        jnp.asarray(coefs[None]), self._example, gen.pca_components,
-        gen.pca_mean)
-    lmarks = landmarks_lib.reconstruct(gen.pca, coefs[:n]).astype(np.float32)
-    start = self._start
-    self._start += n
-    return start, n, frames, attention, colour, lmarks
-
-
-def _fetch(start, n, frames, attention, colour, lmarks) -> generate.FrameChunk:
-  return generate.FrameChunk(start, np.asarray(frames)[:n],
-                             np.asarray(attention)[:n],
-                             np.asarray(colour)[:n], lmarks)
-
-
-def warm_up(generator: generate.Generator, lengths: Sequence[int]) -> None:
-  """Compiles (or loads from the persistent cache) the chunk executables."""
-  s = generator.image_size
-  at_carry, vg_carry = generator.initial_carries()
-  for length in sorted(set(lengths)):
-    coefs, _ = generate.atnet_step(
-        generator.atnet, generator.atnet_variables, at_carry,
-        np.zeros((1, generator.pca.num_components), np.float32),
-        np.zeros((1, length, audio_lib.WINDOW_ROWS, audio_lib.NUM_CEPS - 1),
-                 np.float32))
-    out = generate.vgnet_step(
-        generator.vgnet, generator.vgnet_variables, vg_carry,
-        jnp.zeros((1, s, s, 3), jnp.float32),
-        jnp.asarray(np.asarray(coefs)), jnp.zeros((1, 136), jnp.float32),
-        generator.pca_components, generator.pca_mean)
-    np.asarray(out[0])

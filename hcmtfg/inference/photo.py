@@ -3,7 +3,7 @@
 `prepare_photo` detects the face (the largest one when there are several),
 crops and aligns it to the release's 128x128 frame (`hcmtfg.features.align`) and
 normalises its landmarks exactly as the datasets do
-(`clip_features.normalize_landmarks`), or with the release demo's `normLmarks`
+(`landmarks.normalize_landmarks`), or with the release demo's `normLmarks`
 when the release's shape model is given. The crop transform is kept for
 pasting generated frames back into the photo (`hcmtfg.inference.compose`).
 """
@@ -17,12 +17,11 @@ from absl import logging
 import cv2
 import numpy as np
 
-from hcmtfg.features import align
-from hcmtfg.features import clip_features
-from hcmtfg.features import face as face_lib
-from hcmtfg.media import image_io
-from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.errors import InputError
+from hcmtfg.features import align
+from hcmtfg.features import face as face_lib
+from hcmtfg.features import landmarks as landmarks_lib
+from hcmtfg.media import image_io
 
 MIN_FACE_SIZE = 48  # px, detection box height; smaller faces give blurry crops
 
@@ -79,7 +78,7 @@ def prepare_photo(path_or_image: str | os.PathLike | np.ndarray,
     image_size: S of VG-net; the 128 crop is area-resized to it (as the input
       pipeline does for smaller configs).
     shape_model: None normalises like the datasets
-      (`clip_features.normalize_landmarks`); the release's artefacts apply its
+      (`landmarks.normalize_landmarks`); the release's artefacts apply its
       `normLmarks` instead (a fixed canonical shape, as the release demo).
     min_face_size: smallest accepted face box height in pixels.
 
@@ -108,7 +107,7 @@ def prepare_photo(path_or_image: str | os.PathLike | np.ndarray,
   try:
     aligned = align.align_face(image, points, box, templates)
     if shape_model is None:
-      normalised = clip_features.normalize_landmarks(aligned.landmarks)[0]
+      normalised = landmarks_lib.normalize_landmarks(aligned.landmarks)[0]
     else:
       normalised = landmarks_lib.release_normalise(aligned.landmarks,
                                                    shape_model)[0]

@@ -3,7 +3,7 @@
 `run` feeds speech to `mfcc_stream.MfccStream` in blocks (like a sound card's
 callbacks; `realtime=True` releases each block only when a live microphone
 would have delivered it), runs the networks chunk by chunk
-(`mfcc_stream.FrameStream`), renders the frames (`pipeline.Renderer`) and
+(`engine.FrameStream`), renders the frames (`compose.Renderer`) and
 hands them to a sink as soon as each chunk is done:
 
 * `FragmentedMp4Writer`: H.264 (+ the speech as AAC) in a fragmented mp4,
@@ -26,10 +26,11 @@ from typing import BinaryIO, Callable
 import numpy as np
 
 from hcmtfg.features import audio as audio_lib
-from hcmtfg.inference import generate
+from hcmtfg.inference import compose
 from hcmtfg.inference import mfcc_stream
-from hcmtfg.inference import networks as networks_lib
-from hcmtfg.media import video as video_lib
+from hcmtfg.inference import photo as photo_lib
+from hcmtfg.inference import warm as warm_lib
+from hcmtfg.media import video_writer
 
 _FRAME_SAMPLES = audio_lib.SAMPLE_RATE // audio_lib.VIDEO_FPS
 
@@ -57,10 +58,10 @@ class RawWriter:
     pass
 
 
-class FragmentedMp4Writer(video_lib.VideoWriter):
+class FragmentedMp4Writer(video_writer.VideoWriter):
   """H.264 (+ AAC) fragmented mp4, playable while it is being written.
 
-  `video.VideoWriter(..., fragmented=True)` with the live defaults (fragments
+  `video_writer.VideoWriter(..., fragmented=True)` with the live defaults (fragments
   every 200 ms, x264 `zerolatency`, a fast preset).
 
   Args:
@@ -74,7 +75,7 @@ class FragmentedMp4Writer(video_lib.VideoWriter):
   def __init__(self, target: str, *, fps: float = 25.0,
                audio: np.ndarray | None = None,
                audio_sample_rate: int = audio_lib.SAMPLE_RATE,
-               preset: str = video_lib.FAST_PRESET, crf: int = 20):
+               preset: str = video_writer.FAST_PRESET, crf: int = 20):
     super().__init__(target, fps=fps, audio=audio,
                      audio_sample_rate=audio_sample_rate, crf=crf,
                      preset=preset, fragmented=True)
@@ -137,7 +138,7 @@ class Report:
             f"{lat['last_quarter_p50'] * 1000:.0f} ms)")
 
 
-def run(pipeline: networks_lib.Pipeline, photo: generate.PreparedPhoto,
+def run(warm: warm_lib.WarmNetworks, photo: photo_lib.PreparedPhoto,
         speech_16k: np.ndarray, sink, *, chunk_frames: int = 8,
         first_chunk_frames: int | None = None, paste_back: bool = False,
         realtime: bool = False, block_ms: float = 20.0,
@@ -146,7 +147,7 @@ def run(pipeline: networks_lib.Pipeline, photo: generate.PreparedPhoto,
   """Streams one utterance through the networks into `sink`.
 
   Args:
-    pipeline: warm networks (call `pipeline.warm_up` with the chunk lengths
+    warm: warm networks (call `warm.warm_up` with the chunk lengths
       first, or the first chunk's latency includes compiling).
     photo: the prepared photo.
     speech_16k: (N,) float32 16 kHz mono.
@@ -163,10 +164,9 @@ def run(pipeline: networks_lib.Pipeline, photo: generate.PreparedPhoto,
   signal = np.asarray(speech_16k, np.float32)
   block = max(int(round(block_ms * audio_lib.SAMPLE_RATE / 1000)), 1)
   mfcc = mfcc_stream.MfccStream()
-  stream = pipeline.frame_stream(photo, chunk_frames=chunk_frames,
+  stream = warm.frame_stream(photo, chunk_frames=chunk_frames,
                                  first_chunk_frames=first_chunk_frames)
-  renderer = networks_lib.Renderer(photo, pipeline.image_size,
-                                   paste_back=paste_back)
+  renderer = compose.Renderer(photo, warm.image_size, paste_back=paste_back)
   total = audio_lib.num_video_frames(signal.size)
   arrived = np.full(total, np.nan)  # when frame t's speech was complete
   out_times = np.full(total, np.nan)

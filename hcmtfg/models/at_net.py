@@ -28,9 +28,9 @@ Array = jax.Array
 _AUDIO_WIDTH_MULTIPLIERS = (1, 2, 4, 4, 8)
 
 
-# XLA's CPU convolutions through YNNPACK (its default) run AT-net's small
-# (28x12, 26x5) feature maps ~1.3-1.5x slower than its Eigen convolutions
-# (measured forward and backward, 2-core AVX-512); VG-net's are not slower.
+# On CPU, AT-net's convolutions run through XLA's Eigen convolutions instead of
+# YNNPACK (its default), which suits AT-net's small (28x12, 26x5) feature maps
+# less well, forward and backward; VG-net's larger maps keep the default.
 _CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -51,7 +51,7 @@ def _pool_size(size: int, stride: int) -> int:
   return (size - 3) // stride + 1
 
 
-class ATNet(nn.Module):
+class ATNet(layers.ConfigurableModule):
   """Audio-to-landmark network.
 
   Attributes:
@@ -78,15 +78,6 @@ class ATNet(nn.Module):
   mfcc_window: tuple[int, int] = (28, 12)
   per_frame_batch_stats: bool = True
   conv_algorithm: str = "auto"
-
-  @classmethod
-  def from_config(cls, config: Mapping[str, Any]) -> ATNet:
-    """Builds the module from `to_config()`-style attributes."""
-    return layers.module_from_config(cls, config)
-
-  def to_config(self) -> dict[str, Any]:
-    """The attributes as a JSON-friendly dict."""
-    return layers.module_config(self)
 
   def audio_feature_map_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of the audio conv output before flattening: (12, 2, 512)."""

@@ -3,7 +3,8 @@
 The release upsamples 2x with this layer everywhere (VG-net's decoders and
 landmark attention). XLA runs the textbook form, a convolution over the
 stride-dilated input, well at low resolution but slowly at 32x32 and above,
-and its CPU kernel gradient of either form runs at a few GFLOP/s. Here:
+and its CPU kernel gradient of either form runs far below the machine's
+matrix-multiply rate. Here:
 
 * forward: the dilated convolution below `SUBPIXEL_MIN_SIZE` rows, else one
   sub-pixel convolution (a stride-1 2x2 convolution producing the four
@@ -24,7 +25,7 @@ from jax import lax
 Array = jax.Array
 
 # Inputs with at least this many rows take the sub-pixel path of
-# `TorchConvTranspose` (measured on CPU: faster from 32x32 up, slower below).
+# `TorchConvTranspose`: the size from which it is the cheaper form on CPU.
 SUBPIXEL_MIN_SIZE = 32
 
 # For PyTorch's ConvTranspose2d(k3, s2, p1, output_padding 1), per spatial

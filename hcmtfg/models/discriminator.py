@@ -15,7 +15,7 @@ PyTorch default initialisation (the release does not re-initialise it).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 import flax
 import flax.linen as nn
@@ -51,7 +51,7 @@ def _dense(features: int, fan_in: int, name: str) -> nn.Dense:
                   name=name)
 
 
-class RegressionDiscriminator(nn.Module):
+class RegressionDiscriminator(layers.ConfigurableModule):
   """Sequence discriminator that also regresses the frames' landmarks.
 
   Attributes:
@@ -78,15 +78,6 @@ class RegressionDiscriminator(nn.Module):
   lstm_layers: int = 3
   regress_landmarks: bool = True
   per_frame_batch_stats: bool = True
-
-  @classmethod
-  def from_config(cls, config: Mapping[str, Any]) -> RegressionDiscriminator:
-    """Builds the module from `to_config()`-style attributes."""
-    return layers.module_from_config(cls, config)
-
-  def to_config(self) -> dict[str, Any]:
-    """The attributes as a JSON-friendly dict."""
-    return layers.module_config(self)
 
   def frame_feature_map_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of the frame conv output before flattening: (8, 8, 512)."""

@@ -10,6 +10,7 @@ that converted release weights give the release's outputs (see
   per-frame modules once per frame in a Python loop.
 * `ConvBNReLU`, `ResnetBlock`, `TorchConvTranspose`, `DeconvBNReLU`, and a
   sharding-friendly `Dropout`.
+* `ConfigurableModule`: the networks' base, rebuilt from their config.json.
 * `TorchLSTM`: a multi-layer `torch.nn.LSTM(batch_first=True)`, scanned over
   time with `lax.scan` from a zero (or given) state.
 * `ConvParams`: an `nn.Conv`'s parameters without the convolution, to fuse
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Self
 
 import flax.linen as nn
 import jax
@@ -69,25 +70,30 @@ def symmetric_uniform(bound: float) -> Initializer:
   return init
 
 
-def module_config(module: nn.Module) -> dict[str, Any]:
-  """The constructor attributes of a linen module as a JSON-friendly dict.
+class ConfigurableModule(nn.Module):
+  """A linen module whose constructor attributes round-trip through JSON.
 
-  Tuples become lists; `parent` and `name` are left out. The result feeds
-  `type(module)(**config)` back (lists are turned into tuples by `from_config`).
+  The networks (AT-net, VG-net, the discriminator) derive from it, so that a
+  checkpoint's config.json rebuilds the module that wrote it.
   """
-  config = {}
-  for field in dataclasses.fields(module):
-    if field.name in ("parent", "name") or not field.init:
-      continue
-    value = getattr(module, field.name)
-    config[field.name] = list(value) if isinstance(value, tuple) else value
-  return config
 
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any]) -> Self:
+    """Builds the module from `to_config()`-style attributes; lists become
+    tuples; unknown keys raise TypeError."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v
+                  for k, v in config.items()})
 
-def module_from_config(cls: type[nn.Module], config: Mapping[str, Any]):
-  """Builds `cls(**config)`; lists become tuples; unknown keys raise TypeError."""
-  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-  return cls(**kwargs)
+  def to_config(self) -> dict[str, Any]:
+    """The constructor attributes as a JSON-friendly dict: tuples become
+    lists; `parent` and `name` are left out."""
+    config = {}
+    for field in dataclasses.fields(self):
+      if field.name in ("parent", "name") or not field.init:
+        continue
+      value = getattr(self, field.name)
+      config[field.name] = list(value) if isinstance(value, tuple) else value
+    return config
 
 
 class BatchNorm(nn.Module):

@@ -4,8 +4,8 @@ Batch normalisation. XLA's CPU backend emits a sum over the outer axes of a
 (..., C) array (per-channel statistics and their gradients) as a loop that
 produces one output element at a time, and fuses into it the elementwise work
 that made its input (a Winograd output transform, a ReLU mask), once per
-reduction. In AT-net's training step (B=16) those reductions took 2.7 s of a
-5.7 s step. Here every such sum is a matrix product with a block of ones
+reduction, which made those reductions a large part of AT-net's training step.
+Here every such sum is a matrix product with a block of ones
 (`_sum`), and the gradient is written by hand so that it needs two of them,
 sum(dy) and sum(dy * x_hat):
 
@@ -15,11 +15,12 @@ sum(dy) and sum(dy * x_hat):
        + d_mean / n + d_var * 2 (x - mean) / n
 
 (sum_g: over the statistics' axes, per group; d_mean, d_var: cotangents of the
-returned statistics, zero when only y is used). The step took 2.8 s after
-this. Same values as autodiff up to float rounding.
+returned statistics, zero when only y is used). Same values as autodiff up to
+float rounding.
 
 Max pooling (`max_pool`): a maximum over the window's strided slices, with a
-hand-written gradient instead of XLA's select-and-scatter; 2.65 s after this.
+hand-written gradient instead of XLA's select-and-scatter, the slower of the
+two on CPU.
 """
 
 from __future__ import annotations

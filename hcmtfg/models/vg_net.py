@@ -25,8 +25,6 @@ image_size must be a multiple of 16.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
-
 import flax
 import flax.linen as nn
 import jax
@@ -54,7 +52,7 @@ class VGNetOutput:
   lmark_attention: Array
 
 
-class VGNet(nn.Module):
+class VGNet(layers.ConfigurableModule):
   """Landmark-driven video generator.
 
   Attributes:
@@ -96,15 +94,6 @@ class VGNet(nn.Module):
   per_frame_batch_stats: bool = True
   conv_algorithm: str = "auto"
   use_attention: bool = True
-
-  @classmethod
-  def from_config(cls, config: Mapping[str, Any]) -> VGNet:
-    """Builds the module from `to_config()`-style attributes."""
-    return layers.module_from_config(cls, config)
-
-  def to_config(self) -> dict[str, Any]:
-    """The attributes as a JSON-friendly dict."""
-    return layers.module_config(self)
 
   def dummy_inputs(self, batch: int = 1,
                    frames: int = 1) -> tuple[Array, Array, Array]:

@@ -23,10 +23,11 @@ which autodiff derives, fuse the same way, so the gradient is Winograd too.
 
 `resolve` picks the algorithm: 'direct' is XLA's convolution, 'winograd2' and
 'winograd4' the two tile sizes, 'auto' Winograd on the CPU backend for maps
-where it measured faster (see `AUTO_MIN_ROWS`) or whose kernel transform is
-cached, and XLA's convolution elsewhere (GPU/TPU libraries choose their own
-algorithms). `Conv3x3` is the linen layer; `module_conv3x3` and
-`module_kernel_transform` serve modules holding their own kernels.
+large enough that the saved multiplications outweigh the transforms (see
+`AUTO_MIN_ROWS`) or whose kernel transform is cached, and XLA's convolution
+elsewhere (GPU/TPU libraries choose their own algorithms). `Conv3x3` is the
+linen layer; `module_conv3x3` and `module_kernel_transform` serve modules
+holding their own kernels.
 """
 
 from __future__ import annotations

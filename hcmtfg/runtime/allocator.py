@@ -4,10 +4,9 @@ On CPU, every executable run allocates its output and temporary buffers
 (tens to hundreds of MB for a chunk of VG-net frames) and frees them at the
 end. glibc's malloc serves blocks that large with a fresh `mmap` and gives
 them back with `munmap` when freed, so the kernel zeroes every page again on
-the next chunk: measured on the 2-core CPU, about 730,000 page faults and
-1.5-2 s of system time per 250 generated frames (a fifth of the networks'
-CPU time). The paste-back's and the encoder pipe's per-chunk arrays do the
-same on the main thread.
+the next chunk: every chunk pays page faults and system time for memory the
+previous chunk already had. The paste-back's and the encoder pipe's
+per-chunk arrays do the same on the main thread.
 
 `keep_freed_memory` sets glibc's malloc (through `mallopt`) to serve every
 size from its heap, one arena for all threads, and never to trim the heap,

@@ -13,8 +13,8 @@ checkpoints are checked against) are kept there too, as JSON.
 A file's name hashes everything the traced computation depends on: the step,
 its static key (the module's config), the argument shapes and dtypes, the
 compiler options, the platform, the jax / jaxlib / flax versions and the
-source of the code that is traced (`hcmtfg/models/`, `streaming.py`,
-`generate.py`, this file). An unreadable file is traced again and replaced.
+source of the code that is traced (`hcmtfg/models/` and `TRACED_FILES`).
+An unreadable file is traced again and replaced.
 With the cache off the plain jitted function runs, as before.
 """
 
@@ -32,12 +32,12 @@ from absl import logging
 import jax
 
 from hcmtfg import atomic
-from hcmtfg.runtime import compile_cache
 from hcmtfg.models import winograd
+from hcmtfg.runtime import compile_cache
 
 SUBDIR = "hcmtfg_exported"
 # Besides hcmtfg/models/: the library files whose code the exported steps trace.
-TRACED_FILES = ("inference/chunked.py", "inference/generate.py",
+TRACED_FILES = ("inference/chunked.py", "inference/engine.py",
                 "runtime/exported.py")
 # The library folder (hcmtfg/): the traced code is named relative to it.
 _LIB = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

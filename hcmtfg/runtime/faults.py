@@ -1,10 +1,12 @@
 """Test-only fault injection, switched on by the HCMTFG_FAULT environment variable.
 
 The fault-injection tests (tests/fault_injection_test.py) need a process to die
-or stall at an exact point: inside a train step, between writing a checkpoint
-and committing it, half-way through a dataset build or a video. Production code
-calls `at(point, n)` at those points; with HCMTFG_FAULT unset (always, outside
-those tests) the call does nothing.
+or stall at an exact point that an outside kill cannot hit reliably: just
+before a checkpoint is written, between writing it and committing it, and
+half-way through a dataset build. Production code calls `at(point, n)` at those
+boundaries, never inside a step's or a video's loop (the tests kill those from
+outside); with HCMTFG_FAULT unset (always, outside those tests) the call does
+nothing.
 
   HCMTFG_FAULT="ACTION:POINT@N[,ACTION:POINT@N...]"
 
@@ -15,11 +17,9 @@ ACTION is one of
              (RLIMIT_FSIZE, SIGXFSZ ignored), so a write past it fails with
              EFBIG as a full disk fails with ENOSPC.
 POINT@N names the place and its count:
-  train_step@N   train step N has been dispatched (it is still running);
   ckpt_save@N    checkpoint N is about to be written;
   ckpt_commit@N  every file of checkpoint N is written, not yet committed;
-  build_clip@N   the N-th clip of a dataset build has been processed;
-  video_write@N  the N-th video of a generate batch is half written.
+  build_clip@N   the N-th clip of a dataset build has been processed.
 """
 
 from __future__ import annotations

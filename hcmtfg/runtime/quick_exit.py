@@ -3,9 +3,9 @@
 After an inference command (`launch.generate`, `launch.stream`) has written
 its outputs, a normal exit still tears the interpreter down: every module is
 cleared and every object freed, among them JAX's backend, its loaded
-executables and the gigabytes of memory `hcmtfg.runtime.allocator` keeps. Measured
-on the 2-core CPU after a 10-s full-size `launch.generate`, that took about
-0.45 s of the command's 9 s, and it does nothing a finished process needs.
+executables and the gigabytes of memory `hcmtfg.runtime.allocator` keeps. That
+is a visible part of a short command's wall time, and it does nothing a
+finished process needs.
 
 `run_then_exit(main)` wraps an absl `main`: when `main` returns, the
 threads it left running are joined as in a normal exit, the `atexit`

@@ -16,7 +16,6 @@ exist, or at shutdown, when the whole root goes).
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import os
 import queue
@@ -32,9 +31,12 @@ import cv2
 import numpy as np
 
 from hcmtfg.features import audio as audio_lib
-from hcmtfg.inference import generate
-from hcmtfg.inference import networks as networks_lib
-from hcmtfg.media import video as video_lib
+from hcmtfg.inference import compose
+from hcmtfg.inference import engine
+from hcmtfg.inference import outputs as outputs_lib
+from hcmtfg.inference import photo as photo_lib
+from hcmtfg.inference import warm as warm_lib
+from hcmtfg.media import video_writer
 from hcmtfg.server import uploads
 
 PREVIEW_SIDE = 480  # long side of the streamed JPEG frames, pixels
@@ -58,7 +60,7 @@ class Job:
   """
   id: str
   folder: str
-  photo: generate.PreparedPhoto
+  photo: photo_lib.PreparedPhoto
   speech: np.ndarray
   track: np.ndarray
   rate: int
@@ -140,7 +142,7 @@ class JobRunner:
   """The queue, the worker thread and the jobs' folders.
 
   Args:
-    pipeline: the warm networks.
+    warm: the warm networks.
     limits: upload limits (max_queued is used here).
     root: folder for the jobs' folders (None: a new temporary folder,
       removed by `close`).
@@ -149,12 +151,12 @@ class JobRunner:
     preset: x264 preset of the result videos.
   """
 
-  def __init__(self, pipeline: networks_lib.Pipeline, limits: uploads.Limits,
+  def __init__(self, warm: warm_lib.WarmNetworks, limits: uploads.Limits,
                *, root: str | None = None,
-               chunk_frames: int = generate.CHUNK_FRAMES,
+               chunk_frames: int = engine.CHUNK_FRAMES,
                first_chunk_frames: int = 4, keep_seconds: float = 1800.0,
-               keep_jobs: int = 16, preset: str = video_lib.FAST_PRESET):
-    self.pipeline = pipeline
+               keep_jobs: int = 16, preset: str = video_writer.FAST_PRESET):
+    self.warm = warm
     self.limits = limits
     self.chunk_frames = chunk_frames
     self.first_chunk_frames = first_chunk_frames
@@ -296,36 +298,28 @@ class JobRunner:
 
   def _run(self, job: Job) -> None:
     job.update(state="running", started=time.time())
-    pipeline = self.pipeline
+    warm = self.warm
     windows = audio_lib.speech_features(job.speech)[1]
-    stream = pipeline.frame_stream(job.photo, chunk_frames=self.chunk_frames,
+    stream = warm.frame_stream(job.photo, chunk_frames=self.chunk_frames,
                                    first_chunk_frames=self.first_chunk_frames)
-    renderer = networks_lib.Renderer(job.photo, pipeline.image_size,
-                                     paste_back=job.paste_back,
-                                     intermediates=job.intermediates)
+    renderer = compose.Renderer(job.photo, warm.image_size,
+                                paste_back=job.paste_back,
+                                intermediates=job.intermediates)
     result = os.path.join(job.folder, RESULT)
     side_path = os.path.join(job.folder, INTERMEDIATES)
-    with contextlib.ExitStack() as stack:
-      writer = stack.enter_context(video_lib.VideoWriter(
-          result, fps=generate.FPS, audio=job.track,
-          audio_sample_rate=job.rate, preset=self.preset))
-      side = (stack.enter_context(video_lib.VideoWriter(
-          side_path, fps=generate.FPS, audio=job.track,
-          audio_sample_rate=job.rate, preset=self.preset))
-              if job.intermediates else None)
-      for part in (stream.push(windows), stream.finish()):
-        for chunk in part:
-          frames, side_frames = renderer(chunk)
-          writer.write(frames)
-          if side is not None:
-            side.write(side_frames)
-          previews = [_jpeg(frame) for frame in frames]
-          with job.changed:
-            job.previews.extend(previews)
-            job.frames_done += frames.shape[0]
-            if job.first_frame is None:
-              job.first_frame = time.time()
-            job.changed.notify_all()
+    with outputs_lib.VideoOutputs(result, renderer, audio=job.track,
+                                  audio_sample_rate=job.rate,
+                                  preset=self.preset,
+                                  intermediates_file=side_path) as videos:
+      for chunk in stream.run(windows):
+        frames = videos.write(chunk)
+        previews = [_jpeg(frame) for frame in frames]
+        with job.changed:
+          job.previews.extend(previews)
+          job.frames_done += frames.shape[0]
+          if job.first_frame is None:
+            job.first_frame = time.time()
+          job.changed.notify_all()
     outputs = {RESULT: result}
     if job.intermediates:
       outputs[INTERMEDIATES] = side_path
@@ -341,9 +335,9 @@ def _jpeg(frame: np.ndarray) -> bytes:
   side = max(height, width)
   if side > PREVIEW_SIDE:
     scale = PREVIEW_SIDE / side
-    # Bilinear is 5-7x cheaper than area averaging (about 0.4 against 2.3 ms
-    # a frame, every frame of every job) and alias-free enough down to half
-    # size; smaller previews of large photos still average.
+    # Bilinear costs a fraction of area averaging (this runs on every frame
+    # of every job) and is alias-free enough down to half size; smaller
+    # previews of large photos still average.
     frame = cv2.resize(frame, (max(round(width * scale), 1),
                                max(round(height * scale), 1)),
                        interpolation=cv2.INTER_LINEAR if scale >= 0.5

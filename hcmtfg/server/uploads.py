@@ -19,9 +19,9 @@ import unicodedata
 
 import numpy as np
 
+from hcmtfg.errors import InputError
 from hcmtfg.features import audio as audio_lib
 from hcmtfg.media import video as video_lib
-from hcmtfg.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

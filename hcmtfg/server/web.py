@@ -39,10 +39,10 @@ from typing import Any
 
 from absl import logging
 
-from hcmtfg.runtime import compile_cache
-from hcmtfg.inference import generate
-from hcmtfg.inference import networks as networks_lib
 from hcmtfg.errors import InputError
+from hcmtfg.inference import outputs
+from hcmtfg.inference import warm as warm_lib
+from hcmtfg.runtime import compile_cache
 from hcmtfg.server import jobs as jobs_lib
 from hcmtfg.server import uploads
 
@@ -64,18 +64,18 @@ class Server:
   """The warm server: HTTP in threads, one generation worker.
 
   Args:
-    pipeline: warm networks (`Pipeline.load` + `warm_up`).
+    warm: warm networks (`WarmNetworks.load` + `warm_up`).
     host, port: where to listen (port 0: any free port).
     limits: what uploads may be.
     **runner_options: `jobs.JobRunner` options (root, chunk_frames, ...).
   """
 
-  def __init__(self, pipeline: networks_lib.Pipeline, *, host: str = "127.0.0.1",
+  def __init__(self, warm: warm_lib.WarmNetworks, *, host: str = "127.0.0.1",
                port: int = 8000, limits: uploads.Limits = uploads.Limits(),
                **runner_options: Any):
-    self.pipeline = pipeline
+    self.warm = warm
     self.limits = limits
-    self.runner = jobs_lib.JobRunner(pipeline, limits, **runner_options)
+    self.runner = jobs_lib.JobRunner(warm, limits, **runner_options)
     self.started = time.time()
     handler = type("Handler", (_Handler,), {"app": self})
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -110,7 +110,7 @@ class Server:
       self._thread.join(timeout=10)
 
   def health(self) -> dict[str, Any]:
-    gen = self.pipeline.generator
+    gen = self.warm.generator
     return {
         "status": "ok", "uptime_seconds": round(time.time() - self.started, 1),
         "jobs": self.runner.stats(), "limits": self.limits.describe(),
@@ -143,10 +143,10 @@ class Server:
         speech = uploads.read_speech(speech_path, speech_label, self.limits)
         pixels = uploads.read_photo(photo_path, photo_label, self.limits)
         try:
-          photo = self.pipeline.prepare_photo(pixels)
+          photo = self.warm.prepare_photo(pixels)
         except InputError as e:
           raise uploads.UploadError(400, f"{photo_label}: {e.problem}") from e
-        track, rate = generate.output_audio(speech_path, speech)
+        track, rate = outputs.output_audio(speech_path, speech)
         os.remove(photo_path)
         os.remove(speech_path)
       job = jobs_lib.Job(job_id, folder, photo, speech, track, rate,

@@ -1,14 +1,13 @@
 """AT-net training: audio + example landmark → landmark PCA coefs (MSE on them).
 
-Config fields read here (an `ml_collections.ConfigDict`):
-  seed                  int, PRNG seed of the initial parameters and dropout.
-  compute_dtype         'float32' | 'bfloat16'; parameters stay float32.
-  fast_compile          bool, XLA without LLVM optimisation (tests).
-  model.*               `hcmtfg.models.at_net.ATNet` attributes (pca_dim,
-                        base_width, lmark_features, audio_features,
-                        lstm_features, lstm_layers, mfcc_window,
-                        per_frame_batch_stats).
-  optim.learning_rate, optim.b1, optim.b2   Adam (2e-4, 0.5, 0.999).
+`STAGE` is what the trainer takes from this module (`hcmtfg.train.stage`).
+
+Config fields read here (an `ml_collections.ConfigDict`; their defaults and
+meaning are in configs/atnet.py):
+  seed, compute_dtype, fast_compile
+  model.*               `hcmtfg.models.at_net.ATNet` attributes
+  optim.*               Adam and its schedule (`train_state.make_optimizer`)
+  summaries.num_examples, summaries.num_frames, summaries.image_size
   plus the loop fields of `hcmtfg.train.trainer.train` (num_train_steps, ...).
 
 Batches are dicts of arrays with a leading batch axis B:
@@ -25,10 +24,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from hcmtfg.train import losses
-from hcmtfg.train import train_state as ts
+from configs import atnet as atnet_configs
+from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.models import at_net
+from hcmtfg.train import losses
+from hcmtfg.train import stage as stage_lib
+from hcmtfg.train import train_state as ts
+from hcmtfg.train import visualize
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -64,18 +68,6 @@ def make_init_fn(config: ml_collections.ConfigDict, rng: jax.Array,
                      compiler_options=compiler_options)
 
 
-def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
-                       mesh: jax.sharding.Mesh) -> ts.TrainState:
-  """A fresh train state, every leaf replicated over `mesh`.
-
-  Args:
-    config: see the module docstring.
-    rng: uint32 (2,) PRNG key (`jax.random.PRNGKey(config.seed)`).
-    mesh: from `hcmtfg.runtime.sharding.make_mesh`.
-  """
-  return make_init_fn(config, rng, mesh)()
-
-
 def _forward(module: at_net.ATNet, net: ts.NetState, params, batch: Batch,
              dtype, *, train: bool):
   """Runs AT-net; returns (pred (B, T, 6) float32, new batch_stats or None)."""
@@ -95,11 +87,6 @@ def train_step(state: ts.TrainState, batch: Batch,
                config: ml_collections.ConfigDict
                ) -> tuple[ts.TrainState, Metrics]:
   """One Adam step on the MSE of the predicted PCA coefficients.
-
-  Args:
-    state: the train state (donated by the jitted version).
-    batch: see the module docstring; sharded over 'data'.
-    config: read at trace time only (compute_dtype).
 
   Returns:
     (new state, {'train/loss', 'train/grad_norm'}).
@@ -139,6 +126,27 @@ def eval_step(state: ts.TrainState, batch: Batch,
           'eval/baseline_mse': losses.mse_loss(baseline, target)}
 
 
+def predict(state: ts.TrainState, batch: Batch,
+            config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Eval-mode predictions for the first `summaries.num_examples` clips."""
+  k = config.summaries.num_examples
+  clips = {name: batch[name][:k] for name in ('example_coef', 'mfcc',
+                                              'target_coef')}
+  pred, _ = _forward(build_model(config), state.g, None, clips,
+                     ts.compute_dtype(config), train=False)
+  return {'pred_coef': pred, 'example_coef': clips['example_coef'],
+          'target_coef': clips['target_coef']}
+
+
+def summary_images(outputs: Mapping[str, np.ndarray],
+                   pca: landmarks_lib.Pca | None,
+                   config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """Predicted over target landmarks of `predict`'s clips."""
+  return visualize.atnet_grids(outputs['pred_coef'], outputs, pca,
+                               config.summaries.num_frames,
+                               config.summaries.image_size)
+
+
 def jit_train_step(config: ml_collections.ConfigDict,
                    mesh: jax.sharding.Mesh, *,
                    compiler_options: Mapping[str, Any] | None = None):
@@ -165,6 +173,13 @@ def _options(config: ml_collections.ConfigDict,
              ) -> Mapping[str, Any] | None:
   """Explicit options, else AT-net's (`at_net.compiler_options`) unless
   `config.fast_compile` asks for the fast-compile ones."""
-  if compiler_options is None and not config.get('fast_compile', False):
+  if compiler_options is None and not config.fast_compile:
     return at_net.compiler_options()
   return compiler_options
+
+
+STAGE = stage_lib.Stage(
+    name='atnet', config_defaults=atnet_configs.defaults, needs_pca=True,
+    make_init_fn=make_init_fn, jit_train_step=jit_train_step,
+    jit_eval_step=jit_eval_step, predict=predict,
+    summary_images=summary_images)

@@ -42,9 +42,9 @@ from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hcmtfg.train import manifest as manifest_lib
-from hcmtfg.runtime import faults
 from hcmtfg import paths
+from hcmtfg.runtime import faults
+from hcmtfg.train import manifest as manifest_lib
 
 PyTree = Any
 

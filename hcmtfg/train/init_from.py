@@ -22,11 +22,11 @@ from flax import traverse_util
 import jax
 import numpy as np
 
-from hcmtfg.weights import checkpoint_io
 from hcmtfg import paths
+from hcmtfg.errors import InputError
 from hcmtfg.runtime import sharding
 from hcmtfg.train import train_state as ts
-from hcmtfg.errors import InputError
+from hcmtfg.weights import checkpoint_io
 
 PyTree = Any
 
@@ -144,7 +144,7 @@ class InitFrom:
 def maybe_wrap(initializer: ts.Initializer, config: Mapping[str, Any] | Any,
                mesh: jax.sharding.Mesh):
   """`InitFrom(initializer, ...)` if `config.init_from` is set, else as is."""
-  directory = config.get('init_from')
+  directory = config.init_from
   if not directory:
     return initializer
   return InitFrom(initializer, paths.user_path(directory), config.stage,

@@ -1,14 +1,15 @@
 """TensorBoard summaries and the progress log of a training run.
 
-`SummaryWriter` writes TensorBoard event files with TensorFlow alone (the
-`tensorboard` package, which `tf.summary.scalar`/`image` need, is not a
-dependency): each value is a tensor summary tagged with the plugin that
-displays it ('scalars', 'images', 'text'), exactly what those functions write.
-Only process 0 writes; on the other processes every method does nothing.
+`SummaryWriter` writes TensorBoard event files with `tf.summary` (scalars,
+PNG images, markdown text; the `tensorboard` package provides those
+functions). Only process 0 writes; on the other processes every method does
+nothing.
 
-`MetricsSink` is the `(step, metrics)` callback of the training loop: it adds
-the learning rate, steps/s and examples/s to the train metrics, logs a progress
-line with an ETA and forwards everything to the writer.
+`RunProgress` holds where a run stands (its last step and time, its length,
+batch size and learning rate) and is the training loop's `(step, metrics)`
+callback: it adds the learning rate, steps/s and examples/s to the train
+metrics, logs a progress line with an ETA and forwards everything to the
+writer.
 """
 
 from __future__ import annotations
@@ -23,15 +24,8 @@ from absl import logging
 import jax
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 SUMMARIES_DIR = 'tensorboard'
-
-
-def _metadata(plugin: str) -> summary_pb2.SummaryMetadata:
-  metadata = summary_pb2.SummaryMetadata()
-  metadata.plugin_data.plugin_name = plugin
-  return metadata
 
 
 class SummaryWriter:
@@ -52,10 +46,9 @@ class SummaryWriter:
     """One float32 scalar per tag (e.g. 'train/loss')."""
     if not self.active:
       return
-    with self._writer.as_default():
+    with self._writer.as_default(step=int(step)):
       for tag, value in values.items():
-        tf.summary.write(tag, tf.constant(float(value), tf.float32),
-                         step=int(step), metadata=_metadata('scalars'))
+        tf.summary.scalar(tag, float(value))
 
   def images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """One PNG image per tag.
@@ -66,26 +59,20 @@ class SummaryWriter:
     """
     if not self.active:
       return
-    with self._writer.as_default():
+    with self._writer.as_default(step=int(step)):
       for tag, image in images.items():
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
           raise ValueError(f'image {tag!r} must be (H, W, 3) uint8, got '
                            f'{image.shape} {image.dtype}')
-        png = tf.io.encode_png(image)
-        # The images plugin's layout: [width, height, encoded image ...].
-        data = tf.stack([tf.constant(str(image.shape[1])),
-                         tf.constant(str(image.shape[0])), png])
-        tf.summary.write(tag, data, step=int(step),
-                         metadata=_metadata('images'))
+        tf.summary.image(tag, image[None])
 
   def text(self, step: int, tag: str, text: str) -> None:
     """A (markdown) text summary."""
     if not self.active:
       return
-    with self._writer.as_default():
-      tf.summary.write(tag, tf.constant(text), step=int(step),
-                       metadata=_metadata('text'))
+    with self._writer.as_default(step=int(step)):
+      tf.summary.text(tag, text)
 
   def flush(self) -> None:
     if self.active:
@@ -126,8 +113,10 @@ def format_duration(seconds: float) -> str:
   return f'{secs}s'
 
 
-class MetricsSink:
-  """`(step, metrics)` callback: rates, ETA log line, TensorBoard scalars.
+class RunProgress:
+  """A run's progress: rates, ETA log line, TensorBoard scalars.
+
+  It is the `(step, metrics)` callback of `hcmtfg.train.loop.run_train_loop`.
 
   Train metrics ('train/...') get 'train/learning_rate', 'train/steps_per_sec'
   and 'train/examples_per_sec' added; the rates cover the steps since the

@@ -33,11 +33,11 @@ def learning_rate_schedule(optim_config: ml_collections.ConfigDict
   """The learning rate: constant (the release), or a cosine decay.
 
   Args:
-    optim_config: `learning_rate`; optionally `decay_steps` (0 or absent:
-      constant) and `final_learning_rate` (where the cosine ends, reached at
-      step decay_steps and held after it).
+    optim_config: `learning_rate`, `decay_steps` (0: constant) and
+      `final_learning_rate` (where the cosine ends, reached at step
+      decay_steps and held after it).
   """
-  decay_steps = int(optim_config.get('decay_steps', 0) or 0)
+  decay_steps = int(optim_config.decay_steps)
   if decay_steps <= 0:
     return optim_config.learning_rate
   return optax.cosine_decay_schedule(
@@ -50,8 +50,9 @@ def make_optimizer(optim_config: ml_collections.ConfigDict
   """Adam as the release trains both stages.
 
   Args:
-    optim_config: fields `learning_rate` (2e-4), `b1` (0.5), `b2` (0.999),
-      and the optional schedule fields of `learning_rate_schedule`.
+    optim_config: fields `learning_rate`, `b1`, `b2` (configs/common.py has
+      the release's values) and the schedule fields of
+      `learning_rate_schedule`.
 
   Returns:
     optax.adam with those settings (eps 1e-8, as torch.optim.Adam).
@@ -194,7 +195,8 @@ def jit_init(init_fn: Callable[..., TrainState],
   return Initializer(jitted, rng, freeze(config))
 
 
-# XLA without LLVM optimisation: compiles ~2.5x faster on CPU, runs slower.
+# XLA without LLVM optimisation: quicker to compile, slower to run (for
+# tests and smoke runs, whose steps run a few times).
 FAST_COMPILE_OPTIONS = {'xla_backend_optimization_level': 0}
 
 
@@ -203,7 +205,7 @@ def _options(compiler_options: Mapping[str, Any] | None,
   """Explicit options, else FAST_COMPILE_OPTIONS if `config.fast_compile`."""
   if compiler_options is not None:
     return dict(compiler_options)
-  if config.get('fast_compile', False):
+  if config.fast_compile:
     return dict(FAST_COMPILE_OPTIONS)
   return None
 
@@ -212,9 +214,10 @@ def parameter_init_key(rng: jax.Array) -> jax.Array:
   """A key for parameter initialisation, derived from `rng`, of the 'rbg' kind.
 
   Parameter init draws one random tensor per layer; with the default threefry
-  generator XLA compiles each of those draws separately, which makes the
-  init of VG-net take ~4x longer to compile on CPU than with the
-  RngBitGenerator-based 'rbg' keys. Init values then depend on the backend
+  generator XLA compiles each of those draws separately, and the init of a
+  network with many layers (VG-net) becomes slow to compile. The
+  RngBitGenerator-based 'rbg' keys keep the init's compilation short. Init
+  values then depend on the backend
   (not on the mesh, since the init is replicated); checkpoints carry the exact
   values. Train-step randomness (dropout) keeps threefry keys, whose bits do
   not depend on how the batch is sharded.
@@ -232,7 +235,7 @@ def cast_floats(tree: PyTree, dtype: jnp.dtype) -> PyTree:
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype | None:
   """`config.compute_dtype` ('float32' | 'bfloat16'); None means float32."""
-  name = config.get('compute_dtype', 'float32')
+  name = config.compute_dtype
   if name in ('float32', 'f32'):
     return None
   if name in ('bfloat16', 'bf16'):

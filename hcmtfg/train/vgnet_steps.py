@@ -26,19 +26,23 @@ and landmark terms give the generator no gradient (only the pixel loss trains
 it). Default here is the paper's intent (gradients flow);
 `loss.release_detached_gan=True` reproduces the release.
 
-Config fields read here (an `ml_collections.ConfigDict`):
-  seed, compute_dtype ('float32' | 'bfloat16'; parameters stay float32),
-  fast_compile (XLA without LLVM optimisation, for tests)
-  model.generator.*       `hcmtfg.models.vg_net.VGNet` attributes
-  model.discriminator.*   `RegressionDiscriminator` attributes except
-                          regress_landmarks
-  model.regress_landmarks True: regression discriminator; False: plain one
-  loss.pixel              'dynamic' (|fake-real|·(A+0.5)) | 'l1'
-  loss.pixel_weight       10.0
-  loss.mouth_weight       100.0, landmark-loss weight on mouth y-coordinates
-  loss.release_detached_gan  False (see above)
-  loss.fused_gan_step     False: one generator forward per step (see above)
-  optim.learning_rate, optim.b1, optim.b2 (shared by G and D)
+`STAGE` is what the trainer takes from this module (`hcmtfg.train.stage`);
+the generator's pixel terms and diagnostics are in `hcmtfg.train.vgnet_terms`.
+
+Config fields read here (an `ml_collections.ConfigDict`; their defaults and
+meaning are in configs/vgnet.py):
+  seed, compute_dtype, fast_compile
+  model.generator.*          `hcmtfg.models.vg_net.VGNet` attributes
+  model.discriminator.*      `RegressionDiscriminator` attributes except
+                             regress_landmarks
+  model.regress_landmarks    the regression discriminator, or a plain one
+  loss.pixel, loss.pixel_weight, loss.colour_weight, loss.colour_region,
+  loss.mouth_pixel_weight, loss.mouth_box_pad   the pixel terms (vgnet_terms)
+  loss.mouth_weight          landmark-loss weight on mouth y-coordinates
+  loss.release_detached_gan, loss.fused_gan_step   see above
+  loss.warmup_steps          steps of `reconstruction_step` before the GAN
+  optim.*                    Adam and its schedule, shared by G and D
+  summaries.num_examples, summaries.num_frames
   plus the loop fields of `hcmtfg.train.trainer.train`.
 
 Batches: 'example_image' (B, H, W, 3) in [-1, 1]; 'example_lmark' (B, 136);
@@ -53,12 +57,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from hcmtfg.train import image_metrics
-from hcmtfg.train import losses
-from hcmtfg.train import train_state as ts
+from configs import vgnet as vgnet_configs
+from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.models import discriminator as discriminator_lib
 from hcmtfg.models import vg_net
+from hcmtfg.train import image_metrics
+from hcmtfg.train import losses
+from hcmtfg.train import stage as stage_lib
+from hcmtfg.train import train_state as ts
+from hcmtfg.train import vgnet_terms as terms_lib
+from hcmtfg.train import visualize
 
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -101,93 +111,10 @@ def make_init_fn(config: ml_collections.ConfigDict, rng: jax.Array,
                      compiler_options=compiler_options)
 
 
-def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array,
-                       mesh: jax.sharding.Mesh) -> ts.TrainState:
-  """A fresh GAN train state (G in `g`, D in `d`), replicated over `mesh`."""
-  return make_init_fn(config, rng, mesh)()
-
-
-def _inputs(batch: Batch, dtype) -> dict[str, jax.Array]:
-  """The batch cast to the compute dtype (float32 when dtype is None)."""
-  dtype = jnp.float32 if dtype is None else dtype
-  return {k: v.astype(dtype) for k, v in batch.items()}
-
-
-def _pixel_weight_map(config: ml_collections.ConfigDict,
-                      batch: Batch) -> jax.Array | None:
-  """1 + loss.mouth_pixel_weight inside the mouth box, 1 elsewhere (or None)."""
-  extra = float(config.loss.get('mouth_pixel_weight', 0.0))
-  if not extra:
-    return None
-  size = batch['target_image'].shape[-2]
-  return 1.0 + extra * losses.mouth_region_mask(
-      batch['target_mouth'], size, config.loss.get('mouth_box_pad', 0.25))
-
-
-def _pixel_terms(config: ml_collections.ConfigDict, out: vg_net.VGNetOutput,
-                 batch: Batch, weight: jax.Array | None
-                 ) -> dict[str, jax.Array]:
-  """'g_pixel' (the paper's pixel loss) and, if enabled, 'g_colour'.
-
-  'g_colour' is the L1 between the colour map and the target frame, over the
-  whole frame (pixel weights `weight`) or, with `loss.colour_region='mouth'`,
-  inside the mouth box only.
-  """
-  real = batch['target_image']
-  if config.loss.pixel == 'dynamic':
-    terms = {'g_pixel': losses.dynamic_pixel_loss(out.frames, real,
-                                                  out.attention, weight)}
-  elif config.loss.pixel == 'l1':
-    terms = {'g_pixel': losses.l1_loss(out.frames, real, weight)}
-  else:
-    raise ValueError(f"config.loss.pixel must be 'dynamic' or 'l1', "
-                     f'got {config.loss.pixel!r}')
-  if config.loss.get('colour_weight', 0.0):
-    if config.loss.get('colour_region', 'frame') == 'mouth':
-      colour_weight = losses.mouth_region_mask(
-          batch['target_mouth'], real.shape[-2], config.loss.get('mouth_box_pad', 0.25))
-    else:
-      colour_weight = weight
-    terms['g_colour'] = losses.l1_loss(out.colour, real, colour_weight)
-  return terms
-
-
-def _pixel_total(config: ml_collections.ConfigDict,
-                 terms: Mapping[str, jax.Array]) -> jax.Array:
-  """pixel_weight * (g_pixel + colour_weight * g_colour)."""
-  pixel = terms['g_pixel'] + config.loss.get('colour_weight', 0.0) * terms.get(
-      'g_colour', 0.0)
-  return config.loss.pixel_weight * pixel
-
-
-def _attention_metrics(attention: jax.Array, batch: Batch) -> Metrics:
-  """Mean attention inside and outside the mouth box (if the batch has it)."""
-  if 'target_mouth' not in batch:
-    return {}
-  mask = losses.mouth_region_mask(batch['target_mouth'], attention.shape[-2])
-  a = attention.astype(jnp.float32)
-  return {'att_mouth': jnp.sum(a * mask) / jnp.maximum(jnp.sum(mask), 1.0),
-          'att_rest': jnp.sum(a * (1 - mask)) / jnp.maximum(
-              jnp.sum(1 - mask), 1.0)}
-
-
-def _head_grad_norms(g_grads) -> Metrics:
-  """Gradient norms of the colour and attention heads."""
-  return {f'g_grad_norm_{name}': ts.global_norm(g_grads[key])
-          for name, key in (('colour', 'generator_color'),
-                            ('attention', 'generator_attention'))
-          if key in g_grads}
-
-
 def train_step(state: ts.TrainState, batch: Batch,
                config: ml_collections.ConfigDict
                ) -> tuple[ts.TrainState, Metrics]:
   """One discriminator update followed by one generator update.
-
-  Args:
-    state: GAN train state (donated by the jitted version).
-    batch: see the module docstring; sharded over 'data'.
-    config: read at trace time only.
 
   Returns:
     (new state, metrics): 'train/d_loss', 'train/d_real', 'train/d_fake',
@@ -205,9 +132,9 @@ def train_step(state: ts.TrainState, batch: Batch,
   tx = ts.make_optimizer(config.optim)
   regress = bool(config.model.regress_landmarks)
   mask = losses.landmark_loss_mask(mouth_weight=config.loss.mouth_weight)
-  x = _inputs(batch, dtype)
+  x = terms_lib.cast_inputs(batch, dtype)
   target_lmark = batch['target_lmark']
-  pixel_weight_map = _pixel_weight_map(config, batch)
+  pixel_weight_map = terms_lib.pixel_weight_map(config, batch)
   g_rng1, g_rng2 = jax.random.split(state.step_rng())
 
   def generate(g_params, g_batch_stats, rng):
@@ -225,7 +152,7 @@ def train_step(state: ts.TrainState, batch: Batch,
 
   # Generator forward #1; its frames are constants for the D step. Fused, its
   # vjp is kept for the G step instead of running a second forward.
-  fused = bool(config.loss.get('fused_gan_step', False))
+  fused = bool(config.loss.fused_gan_step)
 
   def forward1(g_params):
     out, stats = generate(g_params, state.g.batch_stats, g_rng1)
@@ -236,8 +163,6 @@ def train_step(state: ts.TrainState, batch: Batch,
   else:
     fake1, g_stats = forward1(state.g.params)
   fake1_frames = jax.lax.stop_gradient(fake1[0])
-  attention_metrics = _attention_metrics(jax.lax.stop_gradient(fake1[1]),
-                                         batch)
 
   def d_loss_fn(d_params):
     real, stats = discriminate(d_params, state.d.batch_stats, x['target_image'])
@@ -261,7 +186,7 @@ def train_step(state: ts.TrainState, batch: Batch,
     """The G loss of generated frames, attention and colour, judged by the
     new D."""
     judged_frames = frames
-    if config.loss.get('release_detached_gan', False):
+    if config.loss.release_detached_gan:
       judged_frames = jax.lax.stop_gradient(frames)
     judged, new_d_stats = discriminate(new_d.params, new_d.batch_stats,
                                        judged_frames)
@@ -269,11 +194,11 @@ def train_step(state: ts.TrainState, batch: Batch,
     if regress:
       terms['g_lmark'] = losses.masked_landmark_loss(judged.landmarks,
                                                      target_lmark, mask)
-    terms.update(_pixel_terms(
+    terms.update(terms_lib.pixel_terms(
         config, vg_net.VGNetOutput(frames, attention, colour, None), batch,
         pixel_weight_map))
     total = (terms['g_adv'] + terms.get('g_lmark', 0.0)
-             + _pixel_total(config, terms))
+             + terms_lib.pixel_total(config, terms))
     return total, (terms, new_d_stats)
 
   if fused:
@@ -295,9 +220,9 @@ def train_step(state: ts.TrainState, batch: Batch,
       step=state.step + 1,
       g=state.g.apply_gradients(tx, g_grads, new_g_stats),
       d=new_d.replace(batch_stats=new_d_stats))
-  metrics = {'d_loss': d_loss, **d_terms, **d_probs, 'g_loss': g_loss,
-             **g_terms, 'g_grad_norm': ts.global_norm(g_grads),
-             **_head_grad_norms(g_grads), **attention_metrics,
+  metrics = {'d_loss': d_loss, **d_terms, **d_probs,
+             **terms_lib.generator_metrics(g_loss, g_terms, g_grads, fake1[1],
+                                           batch),
              'd_grad_norm': ts.global_norm(d_grads)}
   return new_state, {f'train/{k}': v for k, v in metrics.items()}
 
@@ -319,25 +244,23 @@ def reconstruction_step(state: ts.TrainState, batch: Batch,
   dtype = ts.compute_dtype(config)
   generator = build_generator(config)
   tx = ts.make_optimizer(config.optim)
-  x = _inputs(batch, dtype)
-  weight = _pixel_weight_map(config, batch)
+  x = terms_lib.cast_inputs(batch, dtype)
+  weight = terms_lib.pixel_weight_map(config, batch)
 
   def loss_fn(g_params):
     out, updates = generator.apply(
         state.g.variables(g_params, dtype), x['example_image'],
         x['target_lmark'], x['example_lmark'], train=True,
         rngs={'dropout': state.step_rng()}, mutable=['batch_stats'])
-    terms = _pixel_terms(config, out, batch, weight)
-    return _pixel_total(config, terms), (terms, updates['batch_stats'],
-                                         out.attention)
+    terms = terms_lib.pixel_terms(config, out, batch, weight)
+    return terms_lib.pixel_total(config, terms), (
+        terms, updates['batch_stats'], out.attention)
 
   (loss, (terms, stats, attention)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.g.params)
   new_state = state.replace(step=state.step + 1,
                             g=state.g.apply_gradients(tx, grads, stats))
-  metrics = {'g_loss': loss, **terms, 'g_grad_norm': ts.global_norm(grads),
-             **_head_grad_norms(grads),
-             **_attention_metrics(jax.lax.stop_gradient(attention), batch)}
+  metrics = terms_lib.generator_metrics(loss, terms, grads, attention, batch)
   return new_state, {f'train/{k}': v for k, v in metrics.items()}
 
 
@@ -359,6 +282,17 @@ class WarmupThenGan:
     return fn(state, batch)
 
 
+def _generate_eval_mode(state: ts.TrainState, batch: Batch,
+                        config: ml_collections.ConfigDict
+                        ) -> vg_net.VGNetOutput:
+  """The generator's outputs in eval mode, computed in the compute dtype."""
+  dtype = ts.compute_dtype(config)
+  x = terms_lib.cast_inputs(batch, dtype)
+  return build_generator(config).apply(
+      state.g.variables(None, dtype, train=False), x['example_image'],
+      x['target_lmark'], x['example_lmark'], train=False)
+
+
 def eval_step(state: ts.TrainState, batch: Batch,
               config: ml_collections.ConfigDict) -> Metrics:
   """Eval-mode generation quality on one batch, for tracking progress.
@@ -368,13 +302,8 @@ def eval_step(state: ts.TrainState, batch: Batch,
   'eval/psnr', 'eval/ssim', and the same for the baseline that copies the
   example image into every frame ('eval/baseline_*').
   """
-  dtype = ts.compute_dtype(config)
-  x = _inputs(batch, dtype)
-  out = build_generator(config).apply(
-      state.g.variables(None, dtype, train=False), x['example_image'],
-      x['target_lmark'], x['example_lmark'], train=False)
   real = batch['target_image'].astype(jnp.float32)
-  fake = out.frames.astype(jnp.float32)
+  fake = _generate_eval_mode(state, batch, config).frames.astype(jnp.float32)
   copy = jnp.broadcast_to(batch['example_image'][:, None].astype(jnp.float32),
                           real.shape)
   unit = lambda v: (jnp.clip(v, -1.0, 1.0) + 1.0) / 2.0
@@ -388,6 +317,26 @@ def eval_step(state: ts.TrainState, batch: Batch,
   return metrics
 
 
+def predict(state: ts.TrainState, batch: Batch,
+            config: ml_collections.ConfigDict) -> dict[str, jax.Array]:
+  """Eval-mode generator outputs for the first `summaries.num_examples` clips,
+  with the clips' target frames and landmarks."""
+  k = config.summaries.num_examples
+  clips = {name: batch[name][:k] for name in
+           ('example_image', 'target_lmark', 'example_lmark', 'target_image')}
+  out = _generate_eval_mode(state, clips, config)
+  fields = ('frames', 'attention', 'colour', 'lmark_attention')
+  return {**{f: getattr(out, f).astype(jnp.float32) for f in fields}, **clips}
+
+
+def summary_images(outputs: Mapping[str, np.ndarray],
+                   pca: landmarks_lib.Pca | None,
+                   config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+  """Real and generated frames, attention, colour and landmark grids."""
+  del pca  # The landmarks are drawn as they are, not from PCA coefficients.
+  return visualize.vgnet_grids(outputs, outputs, config.summaries.num_frames)
+
+
 def jit_train_step(config: ml_collections.ConfigDict,
                    mesh: jax.sharding.Mesh, *,
                    compiler_options: Mapping[str, Any] | None = None):
@@ -399,7 +348,7 @@ def jit_train_step(config: ml_collections.ConfigDict,
   """
   gan = ts.jit_with_shardings(train_step, config, mesh, donate_state=True,
                               compiler_options=compiler_options)
-  warmup_steps = int(config.loss.get('warmup_steps', 0))
+  warmup_steps = int(config.loss.warmup_steps)
   if warmup_steps <= 0:
     return gan
   warmup = ts.jit_with_shardings(reconstruction_step, config, mesh,
@@ -414,3 +363,10 @@ def jit_eval_step(config: ml_collections.ConfigDict,
   """`eval_step` jitted with the same shardings (nothing donated)."""
   return ts.jit_with_shardings(eval_step, config, mesh, donate_state=False,
                                compiler_options=compiler_options)
+
+
+STAGE = stage_lib.Stage(
+    name='vgnet', config_defaults=vgnet_configs.defaults, needs_pca=False,
+    make_init_fn=make_init_fn, jit_train_step=jit_train_step,
+    jit_eval_step=jit_eval_step, predict=predict,
+    summary_images=summary_images)

@@ -24,9 +24,9 @@ import jax
 import ml_collections
 import tensorflow as tf
 
-from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg import paths
 from hcmtfg.errors import InputError
+from hcmtfg.features import landmarks as landmarks_lib
 
 CONFIG_FILE = 'config.json'
 PCA_FILE = 'landmark_pca.npz'

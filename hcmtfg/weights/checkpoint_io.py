@@ -17,9 +17,9 @@ Two directory layouts are accepted for each network, detected from the files:
 * a converted release checkpoint (`launch.convert_checkpoint`, which writes
   it with `save_converted`): `<dir>/atnet`, `<dir>/vgnet` (pass `<dir>` or
   `<dir>/atnet` itself), each one Orbax checkpoint with the items 'variables'
-  (the Flax variables) and 'model_config' (JSON: the module's attributes). A PCA may sit beside them as
-  `<dir>/landmark_pca.npz`; otherwise it must be given (release files
-  `U_lrw1.npy` + `mean_lrw1.npy`, or a `save_pca` file).
+  (the Flax variables) and 'model_config' (JSON: the module's attributes). A
+  PCA may sit beside them as `<dir>/landmark_pca.npz`; otherwise it must be
+  given (release files `U_lrw1.npy` + `mean_lrw1.npy`, or a `save_pca` file).
 
 Every problem is an `InputError` naming the file: missing directory, no step
 saved, unreadable checkpoint, a config that does not build, and any parameter
@@ -42,12 +42,12 @@ from flax import traverse_util
 import jax
 import numpy as np
 
-from hcmtfg.runtime import exported
-from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg import paths
 from hcmtfg.errors import InputError
+from hcmtfg.features import landmarks as landmarks_lib
 from hcmtfg.models import at_net
 from hcmtfg.models import vg_net
+from hcmtfg.runtime import exported
 
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
