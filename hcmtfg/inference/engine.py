@@ -190,7 +190,9 @@ class FrameStream:
     # whether it streams alone or in a batch.
     coefs = [landmarks_lib.project(pca, row) for row in lmarks]
     self.example_coefs = np.stack(coefs).astype(np.float32)
-    if drive == "speech" if example_through_pca is None else example_through_pca:
+    if example_through_pca is None:
+      example_through_pca = drive == "speech"
+    if example_through_pca:
       example = np.stack([c @ pca.components.T + pca.mean for c in coefs])
     else:
       example = lmarks * pca.scale
