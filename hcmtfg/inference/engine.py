@@ -19,10 +19,11 @@ compilation cache is on: `hcmtfg.runtime.exported`). The LSTM and ConvGRU
 states are carried from chunk to chunk (`hcmtfg.inference.chunked`), so the
 frames equal a single pass over the whole sequence, whatever the schedule.
 
-Dispatch is asynchronous: AT-net is queued on every complete chunk first (on a
-device of its own when there are two: `networks.split_cpu_device`), then
-VG-net chunk by chunk, each chunk dispatched before the previous one is
-fetched, so the host renders and encodes one chunk while the next computes.
+Dispatch is asynchronous. A stream runs AT-net one chunk ahead of VG-net (on
+a device of its own when there are two: `networks.split_cpu_device`, so the
+two compute side by side), and dispatches each VG-net chunk before fetching
+the previous one, so the host renders and encodes one chunk while the next
+computes. `dispatch` queues every chunk at once (evaluation's batches).
 
 Driving signals: from speech (AT-net's PCA coefficients, optionally scaled by
 the release demo's gain, back-projected to landmarks on the device) or, for
@@ -247,19 +248,22 @@ class FrameStream:
       self._planned += n
       yield chunk, n
 
-  def _plan(self, final: bool) -> None:
-    """Queues AT-net on every complete chunk (or takes given landmarks)."""
+  def _plan(self, final: bool, limit: int | None = None) -> None:
+    """Queues AT-net on every complete chunk, or the first `limit` (or takes
+    given landmarks)."""
     step = atnet_chunk_step(self.generator) if self.drive == "speech" else None
-    for chunk, n in self._cut(final):
+    for count, (chunk, n) in enumerate(self._cut(final), start=1):
       start = self._planned - n
       if step is None:
         self._queued.append(Dispatched(start, n, None, jnp.asarray(chunk)))
-        continue
-      raw, self._at_carry = step(self.generator.atnet_variables,
-                                 self._at_carry, self.example_coefs, chunk)
-      coefs = raw if self._gain is None else raw * self._gain
-      self._queued.append(Dispatched(start, n, raw, jax.device_put(
-          coefs, self.generator.vgnet_device)))
+      else:
+        raw, self._at_carry = step(self.generator.atnet_variables,
+                                   self._at_carry, self.example_coefs, chunk)
+        coefs = raw if self._gain is None else raw * self._gain
+        self._queued.append(Dispatched(start, n, raw, jax.device_put(
+            coefs, self.generator.vgnet_device)))
+      if count == limit:
+        break
 
   def _render(self, queued: Dispatched) -> Dispatched:
     gen = self.generator
@@ -329,12 +333,18 @@ class FrameStream:
   def _stream(self, final: bool) -> Iterator[FrameChunk]:
     if self.batch != 1:
       raise ValueError("streaming takes one sequence; use dispatch for more")
-    self._plan(final)
     previous = None
-    while self._queued:
+    while True:
+      if not self._queued:
+        self._plan(final, limit=1)
+      if not self._queued:
+        break
       current = self._render(self._queued.pop(0))
       if previous is not None:
         yield self.fetch(previous)
+      # AT-net on the next chunk computes beside VG-net on this one, once the
+      # previous chunk is out: nothing runs further ahead to compete with it.
+      self._plan(final, limit=1)
       previous = current
     if previous is not None:
       yield self.fetch(previous)
