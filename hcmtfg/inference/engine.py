@@ -212,8 +212,7 @@ class FrameStream:
     self._gain = None if gain is None else jax.device_put(
         gain, generator.atnet_device or generator.vgnet_device)
     self._at_carry, self._vg_carry = generator.initial_carries(self.batch)
-    self._pending = np.zeros((self.batch, 0) + ((136,) if drive == "landmarks"
-                                                else _WINDOW_SHAPE), np.float32)
+    self._pending = np.zeros((self.batch, 0) + self._width(), np.float32)
     self._queued: list[Dispatched] = []  # AT-net dispatched, VG-net not yet
     self._planned = 0  # frames cut into chunks so far
     self._start = 0  # frames given to VG-net so far

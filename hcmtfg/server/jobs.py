@@ -33,6 +33,7 @@ import numpy as np
 from hcmtfg.features import audio as audio_lib
 from hcmtfg.inference import compose
 from hcmtfg.inference import engine
+from hcmtfg.inference import generate
 from hcmtfg.inference import outputs as outputs_lib
 from hcmtfg.inference import photo as photo_lib
 from hcmtfg.inference import warm as warm_lib
@@ -299,7 +300,7 @@ class JobRunner:
   def _run(self, job: Job) -> None:
     job.update(state="running", started=time.time())
     warm = self.warm
-    windows = audio_lib.speech_features(job.speech)[1]
+    windows = generate.speech_windows(job.speech)
     stream = warm.frame_stream(job.photo, chunk_frames=self.chunk_frames,
                                    first_chunk_frames=self.first_chunk_frames)
     renderer = compose.Renderer(job.photo, warm.image_size,
